@@ -1,0 +1,258 @@
+"""Training of the Koopman autoencoder (METHOD section 5): AdamW, triangular cyclic LR per batch,
+the four weighted losses, per-epoch JSON-lines log, divergence checks, best-on-validation selection."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from koopmanlens.errors import InputError
+from koopmanlens.kae.losses import isometry_loss, linear_loss, reconstruction_loss, state_loss
+from koopmanlens.kae.model import KoopmanAE
+from koopmanlens.training import (
+    check_finite_losses,
+    make_generator,
+    progress_bar,
+    resolve_device,
+    seeded,
+    torch_threads,
+    triangular_lr,
+)
+
+LOSS_TERMS = ("recon", "linear", "state", "isometry")
+
+
+@dataclass
+class KAEConfig:
+    """Architecture and training settings of a KAE (METHOD section 5; paper Tables 2 and 3).
+
+    ``weights`` are (recon, linear, state, isometry). ``schedule`` is ``"triangular"`` (METHOD) or
+    ``"constant"``. ``isometry_rows`` caps the rows used for the pairwise isometry term per batch.
+    ``select_best`` keeps the epoch with the lowest validation state loss when validation data are
+    given.
+    """
+
+    hidden: int = 30
+    observables: int = 20
+    k: int = 100
+    epochs: int = 1000
+    batch_size: int = 1024
+    lr: float = 1e-2
+    weight_decay: float = 5e-4
+    warmup_frac: float = 0.2
+    schedule: str = "triangular"
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    isometry: str = "pairwise"
+    isometry_rows: int | None = 256
+    select_best: bool = True
+    threads: int | None = 1
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
+        if len(self.weights) != 4 or any(w < 0 for w in self.weights):
+            raise InputError("weights must be four non-negative numbers (recon, linear, state, iso)")
+        if self.schedule not in ("triangular", "constant"):
+            raise InputError(f"schedule must be 'triangular' or 'constant', got {self.schedule!r}")
+        if self.isometry not in ("pairwise", "norm"):
+            raise InputError(f"isometry must be 'pairwise' or 'norm', got {self.isometry!r}")
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise InputError("epochs >= 1, batch_size >= 2 and lr > 0 are required")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["weights"] = list(self.weights)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> KAEConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise InputError(f"unknown KAEConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+KAE_PRESETS: dict[str, KAEConfig] = {
+    "yinyang": KAEConfig(),
+    "mnist": KAEConfig(hidden=1000, observables=800, k=10, epochs=100, batch_size=512, lr=5e-3,
+                       weights=(1.0, 1.0, 1.0, 1e-3), threads=None),
+}
+
+
+def kae_config(preset: str | KAEConfig, **overrides: object) -> KAEConfig:
+    """A preset by name or a config, with fields overridden."""
+    if isinstance(preset, KAEConfig):
+        base = preset
+    elif preset in KAE_PRESETS:
+        base = KAE_PRESETS[preset]
+    else:
+        raise InputError(f"unknown KAE preset {preset!r}; choose one of {sorted(KAE_PRESETS)}")
+    return dataclasses.replace(base, **overrides)
+
+
+def kae_losses(
+    model: KoopmanAE, x_i: torch.Tensor, x_j: torch.Tensor, cfg: KAEConfig
+) -> dict[str, torch.Tensor]:
+    """The four loss terms for one batch, with the operator exp(G) computed once and the encoder and
+    decoder each called once on the stacked rows."""
+    n = x_i.shape[0]
+    op = model.operator()
+    z = model.encoder(torch.cat([x_i, x_j]))
+    z_i, z_j = z[:n], z[n:]
+    adv = z_i @ op.T
+    dec = model.decoder(torch.cat([z, adv]))
+    rec_i, rec_j, pred_j = dec[:n], dec[n : 2 * n], dec[2 * n :]
+    terms = {
+        "recon": reconstruction_loss(x_i, x_j, rec_i, rec_j),
+        "linear": linear_loss(z_i, z_j, op),
+        "state": state_loss(x_j, pred_j),
+    }
+    if cfg.weights[3] > 0:
+        terms["isometry"] = 0.5 * (
+            isometry_loss(x_i, z_i, cfg.isometry, cfg.isometry_rows)
+            + isometry_loss(x_j, z_j, cfg.isometry, cfg.isometry_rows)
+        )
+    else:
+        terms["isometry"] = torch.zeros((), device=x_i.device)
+    return terms
+
+
+def _check_pair(z_i: torch.Tensor, z_j: torch.Tensor, what: str) -> None:
+    if z_i.ndim != 2 or z_j.ndim != 2:
+        raise InputError(f"{what}: x_i and x_j must be 2-D (n, features)")
+    if z_i.shape[0] != z_j.shape[0]:
+        raise InputError(f"{what}: x_i has {z_i.shape[0]} rows but x_j has {z_j.shape[0]}")
+    if z_i.shape[1] != z_j.shape[1]:
+        raise InputError(
+            f"{what}: x_i and x_j have widths {z_i.shape[1]} and {z_j.shape[1]}; preprocess them "
+            "into a common space first (PairPreprocessor)"
+        )
+    if not (torch.isfinite(z_i).all() and torch.isfinite(z_j).all()):
+        raise InputError(f"{what}: x_i or x_j holds NaN or inf")
+
+
+@torch.no_grad()
+def validation_state_loss(model: KoopmanAE, x_i: torch.Tensor, x_j: torch.Tensor) -> float:
+    """Mean squared state error on held-out pairs (eq. 5)."""
+    return float(state_loss(x_j, model(x_i)))
+
+
+def train_kae(
+    x_i: torch.Tensor,
+    x_j: torch.Tensor,
+    preset: str | KAEConfig = "yinyang",
+    seed: int = 0,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    log_path: str | Path | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **overrides: object,
+) -> KoopmanAE:
+    """Fit a KAE that maps preprocessed x_i to preprocessed x_j.
+
+    Args:
+        x_i, x_j: preprocessed training representations (n, q), same rows and width.
+        preset: ``"yinyang"``, ``"mnist"`` or a :class:`KAEConfig`; keyword ``overrides`` change fields.
+        seed: seeds the initialisation and the batch order; same seed, same model on CPU.
+        val: optional held-out (x_i, x_j); its state loss is logged and, with ``select_best``,
+            the best epoch is kept.
+        log_path: where to write one JSON line per epoch (loss terms, lr, validation loss).
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        The model in eval mode, on CPU, with ``history_`` (list of per-epoch dicts),
+        ``train_seconds_`` and ``config_`` attached.
+
+    Raises:
+        TrainingDivergedError: a loss term became NaN or inf (names the term and the epoch).
+    """
+    cfg = kae_config(preset, **overrides)
+    x_i, x_j = torch.as_tensor(x_i).float(), torch.as_tensor(x_j).float()
+    _check_pair(x_i, x_j, "training data")
+    if len(x_i) < 2:
+        raise InputError("need at least 2 training pairs")
+    if val is not None:
+        _check_pair(val[0], val[1], "validation data")
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    log = open(log_path, "w") if log_path is not None else None  # noqa: SIM115
+    history: list[dict] = []
+    try:
+        with torch_threads(cfg.threads if dev.type == "cpu" else None):
+            with seeded(seed):
+                model = KoopmanAE(x_i.shape[1], cfg.hidden, cfg.observables, cfg.k)
+            model.to(dev).train()
+            decay = [p for n_, p in model.named_parameters() if n_.endswith("weight")]
+            rest = [p for n_, p in model.named_parameters() if not n_.endswith("weight")]
+            opt = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": cfg.weight_decay},
+                 {"params": rest, "weight_decay": 0.0}],
+                lr=cfg.lr,
+            )
+            gen = make_generator(seed + 1)
+            xi, xj = x_i.to(dev), x_j.to(dev)
+            vi, vj = (val[0].float().to(dev), val[1].float().to(dev)) if val is not None else (None, None)
+            n = len(xi)
+            bs = min(cfg.batch_size, n)
+            steps_per_epoch = max(1, n // bs)  # drop the ragged last batch
+            total = cfg.epochs * steps_per_epoch
+            step = 0
+            best = (float("inf"), None, -1)
+            with progress_bar(progress) as bar:
+                task = bar.add_task(f"KAE seed {seed}", total=cfg.epochs, info="")
+                for epoch in range(cfg.epochs):
+                    order = torch.randperm(n, generator=gen).to(dev)
+                    sums = dict.fromkeys(LOSS_TERMS, 0.0)
+                    acc = torch.zeros(len(LOSS_TERMS) + 1, device=dev)
+                    for b in range(steps_per_epoch):
+                        idx = order[b * bs : (b + 1) * bs]
+                        lr = (
+                            triangular_lr(step, total, cfg.lr, cfg.warmup_frac)
+                            if cfg.schedule == "triangular"
+                            else cfg.lr
+                        )
+                        for group in opt.param_groups:
+                            group["lr"] = lr
+                        terms = kae_losses(model, xi[idx], xj[idx], cfg)
+                        loss = sum(w * terms[t] for w, t in zip(cfg.weights, LOSS_TERMS, strict=True))
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        acc += torch.stack([terms[t].detach() for t in LOSS_TERMS] + [loss.detach()])
+                        step += 1
+                    vals = (acc / steps_per_epoch).tolist()
+                    sums = dict(zip((*LOSS_TERMS, "total"), vals, strict=True))
+                    check_finite_losses(sums, epoch, lr)
+                    row = {"epoch": epoch, "lr": lr, **sums}
+                    if vi is not None:
+                        model.eval()
+                        row["val_state"] = validation_state_loss(model, vi, vj)
+                        model.train()
+                        check_finite_losses({"val_state": row["val_state"]}, epoch, lr)
+                        if cfg.select_best and row["val_state"] < best[0]:
+                            best = (row["val_state"], copy.deepcopy(model.state_dict()), epoch)
+                    history.append(row)
+                    if log is not None:
+                        log.write(json.dumps(row) + "\n")
+                    info = f"state {sums['state']:.4f}"
+                    if "val_state" in row:
+                        info += f" val {row['val_state']:.4f}"
+                    bar.update(task, advance=1, info=info)
+            if best[1] is not None:
+                model.load_state_dict(best[1])
+    finally:
+        if log is not None:
+            log.close()
+    model.eval().cpu()
+    model.history_ = history  # type: ignore[attr-defined]
+    model.best_epoch_ = best[2] if val is not None and cfg.select_best else cfg.epochs - 1  # type: ignore[attr-defined]
+    model.train_seconds_ = time.perf_counter() - start  # type: ignore[attr-defined]
+    model.config_ = cfg  # type: ignore[attr-defined]
+    return model

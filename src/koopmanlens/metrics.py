@@ -1,0 +1,34 @@
+"""Classification metrics: top-1 (micro), mean per-class accuracy (macro), per-class, agreement."""
+
+from __future__ import annotations
+
+import torch
+
+from koopmanlens.errors import InputError
+
+
+def classification_metrics(pred: torch.Tensor, y: torch.Tensor, n_classes: int) -> dict:
+    """Top-1, macro (mean of per-class accuracies over classes present) and per-class accuracy.
+
+    Accuracies are fractions in [0, 1]; a class absent from ``y`` gets ``nan`` per-class accuracy
+    and is left out of the macro mean.
+    """
+    if pred.shape != y.shape:
+        raise InputError(f"predictions {tuple(pred.shape)} and labels {tuple(y.shape)} differ")
+    if len(y) == 0:
+        raise InputError("no samples to score")
+    correct = (pred == y).double()
+    counts = torch.bincount(y, minlength=n_classes).double()
+    hits = torch.bincount(y, weights=correct, minlength=n_classes)
+    per_class = torch.where(counts > 0, hits / counts.clamp(min=1), torch.nan)
+    present = counts > 0
+    return {
+        "top1": float(correct.mean()),
+        "macro": float(per_class[present].mean()),
+        "per_class": [float(v) for v in per_class],
+    }
+
+
+def agreement(pred_a: torch.Tensor, pred_b: torch.Tensor) -> float:
+    """Fraction of samples on which two classifiers predict the same class."""
+    return float((pred_a == pred_b).double().mean())

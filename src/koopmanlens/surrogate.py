@@ -1,0 +1,180 @@
+"""The network with everything between layer i and layer j replaced by a Koopman autoencoder
+(METHOD section 6), spliced in with forward hooks so it works for any ``torch.nn.Module``.
+
+Forward hooks capture x_i at layer i and replace layer j's output with
+``inverse_j(psi(K phi(transform_i(x_i))))``, K = exp(G) (or an edited operator); the rest of the network
+then runs unchanged. Nothing about the network's structure (where its head is) is assumed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from koopmanlens.capture import capture, check_finite, get_module, hooks
+from koopmanlens.data import Dataset
+from koopmanlens.errors import InputError
+from koopmanlens.kae import KAEConfig, KoopmanAE, train_kae
+from koopmanlens.metrics import agreement, classification_metrics
+from koopmanlens.preprocessing import PairPreprocessor
+from koopmanlens.subject import predict_logits
+
+
+class Surrogate:
+    """A fitted KAE between two named layers of a network, with the preprocessing that links them.
+
+    Attributes:
+        network: the subject network (left unchanged; hooks are added only during a call).
+        layer_i, layer_j: module names of the two layers.
+        preprocessor: fitted :class:`PairPreprocessor`.
+        kae: fitted :class:`KoopmanAE`.
+        operator: ``None`` to use exp(G); an edited (p, p) matrix after an edit (see
+            :mod:`koopmanlens.editing`), column convention ``z_next = K z``.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        layer_i: str,
+        layer_j: str,
+        preprocessor: PairPreprocessor,
+        kae: KoopmanAE,
+        operator: torch.Tensor | None = None,
+    ) -> None:
+        get_module(network, layer_i)
+        get_module(network, layer_j)
+        if layer_i == layer_j:
+            raise InputError("layer_i and layer_j must be two different layers")
+        self.network = network
+        self.layer_i = layer_i
+        self.layer_j = layer_j
+        self.preprocessor = preprocessor
+        self.kae = kae
+        self.operator = operator
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        network: nn.Module,
+        train: Dataset,
+        layer_i: str,
+        layer_j: str,
+        preset: str | KAEConfig = "yinyang",
+        seed: int = 0,
+        val: Dataset | None = None,
+        q: int | None = None,
+        preprocessor: PairPreprocessor | None = None,
+        log_path: str | None = None,
+        device: str | None = None,
+        progress: bool = True,
+        **overrides: object,
+    ) -> Surrogate:
+        """Capture x_i and x_j on ``train``, fit the preprocessing (unless given) and a KAE.
+
+        ``val`` (held-out data) is used only to log the validation state loss and pick the best
+        epoch. ``preset`` and ``overrides`` configure the KAE (:func:`koopmanlens.kae.kae_config`).
+        """
+        if layer_i == layer_j:
+            raise InputError("layer_i and layer_j must be two different layers")
+        reps = capture(network, train.x, [layer_i, layer_j])
+        if preprocessor is None:
+            preprocessor = PairPreprocessor(q).fit(reps[layer_i], reps[layer_j])
+        z_i, z_j = preprocessor.transform(reps[layer_i], reps[layer_j])
+        val_pair = None
+        if val is not None:
+            vreps = capture(network, val.x, [layer_i, layer_j])
+            val_pair = preprocessor.transform(vreps[layer_i], vreps[layer_j])
+        kae = train_kae(z_i, z_j, preset, seed=seed, val=val_pair, log_path=log_path,
+                        device=device, progress=progress, **overrides)
+        return cls(network, layer_i, layer_j, preprocessor, kae)
+
+    # ------------------------------------------------------------------ observables
+    def current_operator(self) -> torch.Tensor:
+        """The operator in use: the edited one if set, else exp(G)."""
+        with torch.no_grad():
+            return self.kae.operator() if self.operator is None else self.operator
+
+    @torch.no_grad()
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's own x_i and x_j for inputs ``x``."""
+        return capture(self.network, x, [self.layer_i, self.layer_j])
+
+    @torch.no_grad()
+    def encode_i(self, x_i: torch.Tensor) -> torch.Tensor:
+        """phi(transform_i(x_i)): observables of raw layer-i representations."""
+        return self.kae.encode(self.preprocessor.transform_i(x_i).float())
+
+    @torch.no_grad()
+    def predict_state(self, x_i: torch.Tensor) -> torch.Tensor:
+        """Raw layer-j representation predicted from raw layer-i representation ``x_i``."""
+        check_finite(torch.as_tensor(x_i), "x_i")
+        z = self.encode_i(x_i) @ self.current_operator().T
+        return self.preprocessor.inverse_transform_j(self.kae.decode(z).double()).float()
+
+    def _splice_hooks(self) -> dict[str, Callable]:
+        stash: dict[str, torch.Tensor] = {}
+
+        def at_i(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
+            stash["x_i"] = out.detach()
+
+        def at_j(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
+            if "x_i" not in stash:
+                raise InputError(
+                    f"layer {self.layer_j!r} ran before layer {self.layer_i!r}: layer_i must come "
+                    "first in the forward pass"
+                )
+            x_i = stash.pop("x_i")
+            pred = self.predict_state(x_i.flatten(1).float().cpu())
+            return pred.reshape(out.shape).to(dtype=out.dtype, device=out.device)
+
+        return {self.layer_i: at_i, self.layer_j: at_j}
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        """Logits of the network with the KAE in place of layers i..j."""
+        if len(x) == 0:
+            raise InputError("no inputs")
+        with hooks(self.network, self._splice_hooks()):
+            return predict_logits(self.network, x, batch_size)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class predictions of the spliced network."""
+        return self.logits(x).argmax(1)
+
+    def evaluate(self, data: Dataset) -> dict:
+        """``{"top1", "macro", "per_class", "agreement", "seconds"}`` on ``data``; agreement is with
+        the original network's predictions."""
+        start = time.perf_counter()
+        pred = self.predict(data.x)
+        original = predict_logits(self.network, data.x).argmax(1)
+        out = classification_metrics(pred, data.y, data.n_classes)
+        out["agreement"] = agreement(pred, original)
+        out["seconds"] = time.perf_counter() - start
+        return out
+
+    # ------------------------------------------------------------------ trajectories
+    @torch.no_grad()
+    def observable_trajectory(self, x: torch.Tensor, steps: list[float] | None = None) -> torch.Tensor:
+        """Observables exp(sG/k) phi(x_i) for s = 0..k (or ``steps``), shape (S, n, p).
+
+        Raises :class:`InputError` after an edit that replaced the operator, since exp(sG/k) no
+        longer describes it (use :func:`koopmanlens.editing.fractional_steps` there).
+        """
+        if self.operator is not None:
+            raise InputError(
+                "the operator was edited, so exp(sG/k) no longer gives its intermediate steps; use "
+                "koopmanlens.editing.fractional_steps for steps of the edited operator"
+            )
+        x_i = self.representations(x)[self.layer_i]
+        return self.kae.observable_trajectory(self.preprocessor.transform_i(x_i).float(), steps)
+
+    @torch.no_grad()
+    def trajectory(self, x: torch.Tensor, steps: list[float] | None = None) -> torch.Tensor:
+        """Decoded states psi(exp(sG/k) phi(x_i)) in the preprocessed (common) space, s = 0..k:
+        shape (S, n, q). Step k is the prediction of preprocessed x_j."""
+        obs = self.observable_trajectory(x, steps)
+        return torch.stack([self.kae.decode(o) for o in obs])
