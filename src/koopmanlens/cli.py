@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -22,12 +22,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-class DatasetName(str, Enum):
+class DatasetName(StrEnum):
     yinyang = "yinyang"
     mnist = "mnist"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     cpu = "cpu"
     cuda = "cuda"
 
@@ -63,9 +63,9 @@ def reproduce(
     out = out or Path("runs") / dataset.value
     try:
         if dataset is DatasetName.yinyang:
-            metrics = pipeline.reproduce_yinyang(out, seeds=seeds, quick=quick,
-                                                 device=device.value, overwrite=overwrite,
-                                                 progress=progress)
+            metrics = pipeline.reproduce_yinyang(
+                out, seeds=seeds, quick=quick, device=device.value, overwrite=overwrite, progress=progress
+            )
         else:
             raise KoopmanLensError("reproduce mnist is not available in this version")
     except KoopmanLensError as exc:

@@ -61,12 +61,17 @@ def fit_surrogates(
         kaes[seed] = model
         ev = Surrogate(network, layer_i, layer_j, pre, model).evaluate(test)
         seconds.append(model.train_seconds_)
-        per_seed.append({
-            "seed": seed, "test_top1": ev["top1"], "test_macro": ev["macro"],
-            "agreement": ev["agreement"], "test_per_class": ev["per_class"],
-            "best_epoch": model.best_epoch_,
-            "final_train_state_loss": model.history_[-1]["state"],
-        })
+        per_seed.append(
+            {
+                "seed": seed,
+                "test_top1": ev["top1"],
+                "test_macro": ev["macro"],
+                "agreement": ev["agreement"],
+                "test_per_class": ev["per_class"],
+                "best_epoch": model.best_epoch_,
+                "final_train_state_loss": model.history_[-1]["state"],
+            }
+        )
     block = {
         "seeds": list(seeds),
         "test_top1": mean_sd([r["test_top1"] for r in per_seed]),
@@ -121,8 +126,17 @@ def reproduce(
     subj_train = evaluate_classifier(network, train)
     t1 = time.perf_counter()
     pre, kaes, kae_block, kae_seconds = fit_surrogates(
-        network, train, test, layer_i, layer_j, kae, range(seeds), val=val, q=q,
-        device=device, progress=progress,
+        network,
+        train,
+        test,
+        layer_i,
+        layer_j,
+        kae,
+        range(seeds),
+        val=val,
+        q=q,
+        device=device,
+        progress=progress,
     )
     t_kae = time.perf_counter() - t1
     metrics = {
@@ -148,8 +162,13 @@ def reproduce(
             "total": time.perf_counter() - t0,
         },
     }
-    info = {"dataset": dataset, "layer_i": layer_i, "layer_j": layer_j,
-            "class_names": list(test.class_names), **(extra_info or {})}
+    info = {
+        "dataset": dataset,
+        "layer_i": layer_i,
+        "layer_j": layer_j,
+        "class_names": list(test.class_names),
+        **(extra_info or {}),
+    }
     save_run(out, network, pre, kaes, metrics, info)
     return metrics
 
@@ -158,15 +177,18 @@ def yinyang_settings(quick: bool = False) -> dict:
     """Data, subject and KAE settings of ``reproduce yinyang`` (``quick``: a tiny smoke test)."""
     if quick:
         return {
-            "train": kdata.yinyang("train", n=1000), "val": kdata.yinyang("validation", n=200),
+            "train": kdata.yinyang("train", n=1000),
+            "val": kdata.yinyang("validation", n=200),
             "test": kdata.yinyang("test", n=1000),
             "subject": subject_config("yinyang", epochs=40),
             "kae": kae_config("yinyang", epochs=60, batch_size=256),
         }
     return {
-        "train": kdata.yinyang("train"), "val": kdata.yinyang("validation"),
+        "train": kdata.yinyang("train"),
+        "val": kdata.yinyang("validation"),
         "test": kdata.yinyang("test"),
-        "subject": subject_config("yinyang"), "kae": kae_config("yinyang"),
+        "subject": subject_config("yinyang"),
+        "kae": kae_config("yinyang"),
     }
 
 
@@ -180,6 +202,17 @@ def reproduce_yinyang(
 ) -> dict:
     """The paper's Yin-Yang experiment (Table 1, columns 2-3) on the held-out test split."""
     s = yinyang_settings(quick)
-    return reproduce("yinyang", s["train"], s["val"], s["test"], s["subject"], s["kae"], out,
-                     seeds=seeds, device=device, overwrite=overwrite, progress=progress,
-                     extra_info={"quick": quick})
+    return reproduce(
+        "yinyang",
+        s["train"],
+        s["val"],
+        s["test"],
+        s["subject"],
+        s["kae"],
+        out,
+        seeds=seeds,
+        device=device,
+        overwrite=overwrite,
+        progress=progress,
+        extra_info={"quick": quick},
+    )

@@ -198,9 +198,7 @@ class PairPreprocessor:
         self._check_width(z)
         return self.scaler_j_.inverse_transform(z[:, : self.scaler_j_.components_.shape[1]])
 
-    def inverse_transform(
-        self, z_i: torch.Tensor, z_j: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse_transform(self, z_i: torch.Tensor, z_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both layers back in the network's coordinates."""
         return self.inverse_transform_i(z_i), self.inverse_transform_j(z_j)
 

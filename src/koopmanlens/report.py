@@ -20,8 +20,10 @@ def results_table(metrics: dict) -> Table:
     """Table 1, columns 2 and 3, for one run: subject top-1 and KAE top-1 mean (sd), held-out."""
     kae = metrics["kae"]
     n_seeds = len(kae["seeds"])
-    table = Table(title=f"{metrics['dataset']}: held-out {metrics.get('split', 'test')} split "
-                        f"({metrics.get('n_test', '?')} samples), KAE over {n_seeds} seed(s)")
+    table = Table(
+        title=f"{metrics['dataset']}: held-out {metrics.get('split', 'test')} split "
+        f"({metrics.get('n_test', '?')} samples), KAE over {n_seeds} seed(s)"
+    )
     table.add_column("Dataset")
     table.add_column("MLP top-1", justify="right")
     table.add_column("MLP macro", justify="right")
@@ -30,8 +32,11 @@ def results_table(metrics: dict) -> Table:
     table.add_column("agreement (sd)", justify="right")
     subj = metrics["subject"]
     table.add_row(
-        metrics["dataset"], pct(subj["test_top1"]), pct(subj["test_macro"]),
-        pct_sd(kae["test_top1"]), pct_sd(kae["test_macro"]),
+        metrics["dataset"],
+        pct(subj["test_top1"]),
+        pct(subj["test_macro"]),
+        pct_sd(kae["test_top1"]),
+        pct_sd(kae["test_macro"]),
         pct_sd(kae["agreement"]) if "agreement" in kae else "-",
     )
     return table
@@ -43,13 +48,16 @@ def per_seed_table(metrics: dict) -> Table:
     for col in ("seed", "top-1", "macro", "agreement"):
         table.add_column(col, justify="right")
     for row in metrics["kae"]["per_seed"]:
-        table.add_row(str(row["seed"]), pct(row["test_top1"]), pct(row["test_macro"]),
-                      pct(row.get("agreement")))
+        table.add_row(
+            str(row["seed"]), pct(row["test_top1"]), pct(row["test_macro"]), pct(row.get("agreement"))
+        )
     return table
 
 
 def timing_line(metrics: dict) -> str:
     """Stage timings as one line."""
     t = metrics.get("timing_s", {})
-    return (f"time: subject {t.get('subject', 0):.1f} s, KAE {t.get('kae', 0):.1f} s, "
-            f"total {t.get('total', 0):.1f} s")
+    return (
+        f"time: subject {t.get('subject', 0):.1f} s, KAE {t.get('kae', 0):.1f} s, "
+        f"total {t.get('total', 0):.1f} s"
+    )

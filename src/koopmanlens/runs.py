@@ -151,8 +151,10 @@ def save_subject(out: Path, network: nn.Module) -> None:
     """Weights as safetensors; the config as JSON when the network is a :class:`ResMLP`."""
     write_tensors(out / "subject.safetensors", network.state_dict())
     cfg = getattr(network, "config_", None)
-    info = {"class": type(network).__name__,
-            "config": cfg.to_dict() if isinstance(cfg, SubjectConfig) else None}
+    info = {
+        "class": type(network).__name__,
+        "config": cfg.to_dict() if isinstance(cfg, SubjectConfig) else None,
+    }
     write_json(out / "subject.json", info)
 
 
@@ -193,16 +195,20 @@ def save_kae(out: Path, seed: int, kae: KoopmanAE) -> None:
     folder = out / "kae"
     write_tensors(folder / f"seed-{seed}.safetensors", kae.state_dict())
     cfg = getattr(kae, "config_", None)
-    write_json(folder / f"seed-{seed}.json", {
-        "model": kae.get_config(),
-        "train": cfg.to_dict() if isinstance(cfg, KAEConfig) else None,
-        "train_seconds": getattr(kae, "train_seconds_", None),
-        "best_epoch": getattr(kae, "best_epoch_", None),
-    })
+    write_json(
+        folder / f"seed-{seed}.json",
+        {
+            "model": kae.get_config(),
+            "train": cfg.to_dict() if isinstance(cfg, KAEConfig) else None,
+            "train_seconds": getattr(kae, "train_seconds_", None),
+            "best_epoch": getattr(kae, "best_epoch_", None),
+        },
+    )
     history = getattr(kae, "history_", None)
     if history:
-        atomic_write_bytes(folder / f"seed-{seed}.log.jsonl",
-                           "".join(json.dumps(r) + "\n" for r in history).encode())
+        atomic_write_bytes(
+            folder / f"seed-{seed}.log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode()
+        )
 
 
 def load_kae(run_dir: Path, seed: int) -> KoopmanAE:
@@ -237,12 +243,19 @@ class Run:
         seed = self.seeds[0] if seed is None else seed
         if seed not in self.kaes:
             raise ArtifactError(f"run {self.path} has no KAE for seed {seed}; it has {self.seeds}")
-        return Surrogate(self.network, self.info["layer_i"], self.info["layer_j"],
-                         self.preprocessor, self.kaes[seed])
+        return Surrogate(
+            self.network, self.info["layer_i"], self.info["layer_j"], self.preprocessor, self.kaes[seed]
+        )
 
 
-def save_run(out: str | Path, network: nn.Module, preprocessor: PairPreprocessor,
-             kaes: dict[int, KoopmanAE], metrics: dict, info: dict) -> Path:
+def save_run(
+    out: str | Path,
+    network: nn.Module,
+    preprocessor: PairPreprocessor,
+    kaes: dict[int, KoopmanAE],
+    metrics: dict,
+    info: dict,
+) -> Path:
     """Write every artifact of a run, ``run.json`` last."""
     out = Path(out)
     save_subject(out, network)
@@ -250,8 +263,10 @@ def save_run(out: str | Path, network: nn.Module, preprocessor: PairPreprocessor
     for seed, kae in kaes.items():
         save_kae(out, seed, kae)
     write_json(out / "metrics.json", metrics)
-    write_json(out / "run.json", {"format": FORMAT, "version": VERSION, **info,
-                                  "seeds": sorted(kaes), "complete": True})
+    write_json(
+        out / "run.json",
+        {"format": FORMAT, "version": VERSION, **info, "seeds": sorted(kaes), "complete": True},
+    )
     return out
 
 
@@ -261,8 +276,10 @@ def read_run_info(run_dir: str | Path) -> dict:
     if not run_dir.is_dir():
         raise ArtifactError(f"{run_dir} is not a folder")
     if not (run_dir / "run.json").exists():
-        raise ArtifactError(f"{run_dir} holds no complete run (no run.json): it was never "
-                            "finished, or it is not a koopmanlens run folder")
+        raise ArtifactError(
+            f"{run_dir} holds no complete run (no run.json): it was never "
+            "finished, or it is not a koopmanlens run folder"
+        )
     info = read_json(run_dir / "run.json")
     if info.get("format") != FORMAT or not info.get("complete"):
         raise ArtifactError(f"{run_dir}/run.json is not a complete {FORMAT} record")

@@ -99,8 +99,9 @@ class SubjectConfig:
 
 SUBJECT_PRESETS: dict[str, SubjectConfig] = {
     "yinyang": SubjectConfig(),
-    "mnist": SubjectConfig(in_dim=784, width=784, blocks=4, classes=10, epochs=30, batch_size=128,
-                           threads=None),
+    "mnist": SubjectConfig(
+        in_dim=784, width=784, blocks=4, classes=10, epochs=30, batch_size=128, threads=None
+    ),
 }
 
 

@@ -88,8 +88,17 @@ class Surrogate:
         if val is not None:
             vreps = capture(network, val.x, [layer_i, layer_j])
             val_pair = preprocessor.transform(vreps[layer_i], vreps[layer_j])
-        kae = train_kae(z_i, z_j, preset, seed=seed, val=val_pair, log_path=log_path,
-                        device=device, progress=progress, **overrides)
+        kae = train_kae(
+            z_i,
+            z_j,
+            preset,
+            seed=seed,
+            val=val_pair,
+            log_path=log_path,
+            device=device,
+            progress=progress,
+            **overrides,
+        )
         return cls(network, layer_i, layer_j, preprocessor, kae)
 
     # ------------------------------------------------------------------ observables

@@ -33,9 +33,7 @@ class Dataset:
         if self.y.ndim != 1:
             raise InputError(f"Dataset.y must be 1-D, got shape {tuple(self.y.shape)}")
         if self.x.shape[0] != self.y.shape[0]:
-            raise InputError(
-                f"Dataset.x has {self.x.shape[0]} rows but Dataset.y has {self.y.shape[0]}"
-            )
+            raise InputError(f"Dataset.x has {self.x.shape[0]} rows but Dataset.y has {self.y.shape[0]}")
         if self.y.dtype != torch.int64:
             object.__setattr__(self, "y", self.y.long())
         if not self.class_names:

@@ -76,9 +76,7 @@ class KoopmanAE(nn.Module):
         return torch.cat(out)
 
     @torch.no_grad()
-    def observable_trajectory(
-        self, x_i: torch.Tensor, steps: list[float] | None = None
-    ) -> torch.Tensor:
+    def observable_trajectory(self, x_i: torch.Tensor, steps: list[float] | None = None) -> torch.Tensor:
         """Observables exp(sG/k) phi(x_i) for s in ``steps`` (default 0..k): shape (S, n, p)."""
         steps = list(range(self.k + 1)) if steps is None else steps
         dev = self.generator.device

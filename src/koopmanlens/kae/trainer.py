@@ -81,8 +81,16 @@ class KAEConfig:
 
 KAE_PRESETS: dict[str, KAEConfig] = {
     "yinyang": KAEConfig(),
-    "mnist": KAEConfig(hidden=1000, observables=800, k=10, epochs=100, batch_size=512, lr=5e-3,
-                       weights=(1.0, 1.0, 1.0, 1e-3), threads=None),
+    "mnist": KAEConfig(
+        hidden=1000,
+        observables=800,
+        k=10,
+        epochs=100,
+        batch_size=512,
+        lr=5e-3,
+        weights=(1.0, 1.0, 1.0, 1e-3),
+        threads=None,
+    ),
 }
 
 
@@ -192,8 +200,7 @@ def train_kae(
             decay = [p for n_, p in model.named_parameters() if n_.endswith("weight")]
             rest = [p for n_, p in model.named_parameters() if not n_.endswith("weight")]
             opt = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": cfg.weight_decay},
-                 {"params": rest, "weight_decay": 0.0}],
+                [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
                 lr=cfg.lr,
             )
             gen = make_generator(seed + 1)
