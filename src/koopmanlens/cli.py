@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class DatasetName(StrEnum):
@@ -54,6 +54,9 @@ def reproduce(
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<dataset>)."),
     device: Device = typer.Option(Device.cpu, "--device", help="Where to train."),
     quick: bool = typer.Option(False, "--quick", help="A tiny setting for smoke tests."),
+    preset: str | None = typer.Option(
+        None, "--preset", help="yinyang: default|paper; mnist: paper|fast (default: first)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -64,7 +67,13 @@ def reproduce(
     try:
         if dataset is DatasetName.yinyang:
             metrics = pipeline.reproduce_yinyang(
-                out, seeds=seeds, quick=quick, device=device.value, overwrite=overwrite, progress=progress
+                out,
+                seeds=seeds,
+                quick=quick,
+                device=device.value,
+                overwrite=overwrite,
+                progress=progress,
+                preset=preset or "default",
             )
         else:
             raise KoopmanLensError("reproduce mnist is not available in this version")

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import koopmanlens as kl
+from koopmanlens.capture import capture, module_names
+from koopmanlens.errors import InputError, LayerNotFoundError
+from koopmanlens.subject import ResMLP, evaluate_classifier, predict_logits
+
+
+def _no_hooks(model: nn.Module) -> bool:
+    return all(not m._forward_hooks for m in model.modules())
+
+
+def test_resmlp_layer_names_and_shapes():
+    net = ResMLP(2, 10, 5, 3)
+    assert net.layer_names() == ["input"] + [f"blocks.{b}" for b in range(5)]
+    names = module_names(net)
+    assert {"input", "blocks.4", "head"} <= set(names)
+    reps = capture(net, torch.randn(7, 2), ["input", "blocks.4", "head"])
+    assert reps["input"].shape == (7, 10) and reps["head"].shape == (7, 3)
+    assert _no_hooks(net)
+
+
+def test_capture_matches_manual_forward_and_restores_mode():
+    net = ResMLP(2, 6, 2, 3)
+    net.train()
+    x = torch.randn(50, 2)
+    reps = capture(net, x, ["blocks.1"], batch_size=7)
+    assert net.training
+    net.eval()
+    with torch.no_grad():
+        manual = net.blocks(net.input(x))
+    assert torch.allclose(reps["blocks.1"], manual, atol=1e-6)
+
+
+def test_capture_unknown_layer_lists_names():
+    net = ResMLP(2, 4, 2, 3)
+    with pytest.raises(LayerNotFoundError) as err:
+        capture(net, torch.randn(3, 2), ["blocks.9"])
+    assert "blocks.9" in str(err.value) and "blocks.1" in str(err.value) and "head" in str(err.value)
+    assert _no_hooks(net)
+
+
+class _Exploding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, 3)
+        self.b = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        if h.shape[0] > 4:
+            raise RuntimeError("boom")
+        return self.b(h * float("inf"))
+
+
+def test_capture_nan_names_layer_and_hooks_removed_on_error():
+    net = _Exploding()
+    with pytest.raises(InputError, match="'b'"):
+        capture(net, torch.ones(3, 2), ["a", "b"])
+    assert _no_hooks(net)
+    with pytest.raises(RuntimeError, match="boom"):
+        capture(net, torch.ones(10, 2), ["a"])
+    assert _no_hooks(net)
+    with pytest.raises(InputError):
+        capture(net, torch.ones(0, 2), ["a"])
+
+
+def test_subject_training_deterministic_and_learns(yy_small, tiny_subject):
+    train, _, test = yy_small
+    again = kl.subject.train_resmlp(train, "yinyang", seed=0, progress=False, epochs=60, blocks=3)
+    for a, b in zip(tiny_subject.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert evaluate_classifier(tiny_subject, test)["top1"] > 0.8
+
+
+def test_subject_weight_decay_only_on_weights():
+    from koopmanlens.subject import _param_groups
+
+    net = ResMLP(2, 4, 1, 3)
+    decay, no_decay = _param_groups(net, 5e-4)
+    linear_weights = {id(m.weight) for m in net.modules() if isinstance(m, nn.Linear)}
+    assert {id(p) for p in decay["params"]} == linear_weights
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))
+
+
+def test_subject_bad_input(yy_small):
+    train, _, _ = yy_small
+    with pytest.raises(InputError, match="features"):
+        kl.subject.train_resmlp(train, "mnist", progress=False, epochs=1)
+    with pytest.raises(InputError, match="preset"):
+        kl.subject.train_resmlp(train, "imagenet", progress=False)
+
+
+def test_surrogate_evaluate_and_hooks(tiny_surrogate, yy_small):
+    _, _, test = yy_small
+    sur = tiny_surrogate
+    ev = sur.evaluate(test)
+    assert set(ev) >= {"top1", "macro", "per_class", "agreement"}
+    assert 0 <= ev["top1"] <= 1 and len(ev["per_class"]) == 3
+    assert ev["agreement"] > 0.7
+    assert _no_hooks(sur.network)
+    # the splice really replaces layer j: logits equal head(inverse prediction)
+    x_i = sur.representations(test.x)["input"]
+    manual = sur.network.head(sur.predict_state(x_i))
+    assert torch.allclose(sur.logits(test.x), manual, atol=1e-4)
+    # and differ from the original network's
+    assert not torch.allclose(sur.logits(test.x), predict_logits(sur.network, test.x))
+
+
+def test_surrogate_exact_splice_on_any_module():
+    """A network whose layer j is an identity of layer i, with an identity 'KAE' (G = 0, encoder and
+    decoder the identity): the spliced network must reproduce the original logits exactly."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Identity(), nn.Linear(5, 3))
+    x = torch.randn(200, 2)
+    reps = capture(net, x, ["1", "2"])
+    pre = kl.PairPreprocessor().fit(reps["1"], reps["2"])
+
+    class IdentityKAE(kl.kae.KoopmanAE):
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z
+
+    sur = kl.Surrogate(net, "1", "2", pre, IdentityKAE(5, 1, 5, k=3))
+    assert torch.allclose(sur.logits(x), predict_logits(net, x), atol=1e-5)
+    sur.operator = 2 * torch.eye(5)  # a different operator must change the output
+    assert not torch.allclose(sur.logits(x), predict_logits(net, x), atol=1e-3)
+    assert _no_hooks(net)
+
+
+def test_surrogate_trajectory(tiny_surrogate, yy_small):
+    _, _, test = yy_small
+    traj = tiny_surrogate.trajectory(test.x[:50])
+    k = tiny_surrogate.kae.k
+    assert traj.shape == (k + 1, 50, 10)
+    x_i = tiny_surrogate.representations(test.x[:50])["input"]
+    final = tiny_surrogate.preprocessor.inverse_transform_j(traj[-1].double()).float()
+    assert torch.allclose(final, tiny_surrogate.predict_state(x_i), atol=1e-4)
+
+
+def test_surrogate_bad_layers(tiny_subject, yy_small):
+    train, _, _ = yy_small
+    with pytest.raises(LayerNotFoundError, match=r"blocks\.7"):
+        kl.Surrogate.fit(tiny_subject, train, "input", "blocks.7", progress=False, epochs=1)
+    with pytest.raises(InputError):
+        kl.Surrogate.fit(tiny_subject, train, "input", "input", progress=False, epochs=1)
+
+
+def test_surrogate_wrong_order_is_clear(tiny_surrogate, yy_small):
+    _, _, test = yy_small
+    s = tiny_surrogate
+    backwards = kl.Surrogate(s.network, "blocks.2", "input", s.preprocessor, s.kae)
+    with pytest.raises(InputError, match="must come first"):
+        backwards.logits(test.x[:5])
+    assert _no_hooks(s.network)

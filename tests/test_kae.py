@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from koopmanlens.errors import InputError, TrainingDivergedError
+from koopmanlens.kae import (
+    KoopmanAE,
+    isometry_loss,
+    linear_loss,
+    operator_power,
+    reconstruction_loss,
+    state_loss,
+    train_kae,
+)
+from koopmanlens.training import triangular_lr
+
+
+def _gen(p=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 0.3 * torch.randn(p, p, generator=g, dtype=torch.float64)
+
+
+def test_operator_power_parameterisation():
+    G = _gen()
+    k = 7
+    full = operator_power(G, k, k)
+    assert torch.allclose(full, torch.linalg.matrix_exp(G), atol=1e-12)
+    step = operator_power(G, 1, k)
+    assert torch.allclose(torch.linalg.matrix_power(step, k), full, atol=1e-10)
+    assert torch.allclose(operator_power(G, 0, k), torch.eye(6, dtype=torch.float64))
+    # semigroup: exp(aG/k) exp(bG/k) = exp((a+b)G/k)
+    assert torch.allclose(
+        operator_power(G, 2, k) @ operator_power(G, 3, k), operator_power(G, 5, k), atol=1e-12
+    )
+    with pytest.raises(InputError):
+        operator_power(G, 1, 0)
+
+
+def test_kae_starts_at_identity_and_shapes():
+    kae = KoopmanAE(5, 12, 8, k=10)
+    assert torch.equal(kae.operator(), torch.eye(8))
+    x = torch.randn(9, 5)
+    assert kae(x).shape == (9, 5)
+    traj = kae.trajectory(x)
+    assert traj.shape == (11, 9, 5)
+    assert torch.allclose(traj[-1], kae.predict(x), atol=1e-6)
+    with pytest.raises(InputError):
+        kae(torch.randn(9, 4))
+
+
+def test_losses_known_values():
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert reconstruction_loss(x, x, x, x) == 0
+    assert state_loss(x, x + 1) == pytest.approx(2.0)
+    K = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    z_j = x @ K.T
+    assert linear_loss(x, z_j, K) == 0
+    assert linear_loss(x, x, K) > 0
+    # an isometric (rotated) embedding has zero pairwise and norm isometry loss
+    R = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    assert isometry_loss(x, x @ R, "pairwise") < 1e-10
+    assert isometry_loss(x, x @ R, "norm") < 1e-10
+    assert isometry_loss(x, 2 * x, "pairwise") > 0.1
+    # norm form is eq. 6 literally: (|x|^2 - |z|^2)^2
+    assert isometry_loss(x, 2 * x, "norm") == pytest.approx(((1 - 4) ** 2 + (4 - 16) ** 2) / 2)
+    with pytest.raises(InputError):
+        isometry_loss(x, x, "cosine")
+
+
+def test_triangular_lr_shape():
+    lrs = [triangular_lr(s, 100, 1.0) for s in range(101)]
+    assert lrs[0] == 0 and lrs[20] == pytest.approx(1.0) and lrs[100] == 0
+    assert max(lrs) == pytest.approx(1.0)
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:21]))
+
+
+def _pairs(n=256, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x_i = torch.randn(n, d, generator=g)
+    x_j = torch.tanh(x_i @ torch.randn(d, d, generator=g))
+    return x_i, x_j
+
+
+def test_train_kae_learns_deterministic_and_logs(tmp_path):
+    x_i, x_j = _pairs()
+    kw = dict(hidden=16, observables=8, k=5, epochs=40, batch_size=64, lr=1e-2, progress=False)
+    log = tmp_path / "log.jsonl"
+    a = train_kae(x_i, x_j, "yinyang", seed=3, log_path=log, **kw)
+    b = train_kae(x_i, x_j, "yinyang", seed=3, **kw)
+    c = train_kae(x_i, x_j, "yinyang", seed=4, **kw)
+    for (n1, p1), (_, p2) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(p1, p2), n1
+    assert not torch.equal(a.generator, c.generator)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == 40 and {"recon", "linear", "state", "isometry", "total", "lr"} <= set(rows[0])
+    assert rows[-1]["state"] < rows[0]["state"]
+    assert not torch.equal(a.generator, torch.zeros_like(a.generator))
+
+
+def test_train_kae_bad_input():
+    x_i, x_j = _pairs()
+    with pytest.raises(InputError, match="rows"):
+        train_kae(x_i, x_j[:-1], progress=False)
+    with pytest.raises(InputError, match="widths"):
+        train_kae(x_i, x_j[:, :3], progress=False)
+    bad = x_i.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(InputError, match="NaN or inf"):
+        train_kae(bad, x_j, progress=False)
+    with pytest.raises(InputError):
+        train_kae(x_i, x_j, progress=False, weights=(1, 1, 1))
+    with pytest.raises(InputError):
+        train_kae(x_i, x_j, preset="nope", progress=False)
+
+
+def test_train_kae_divergence_names_term_and_epoch():
+    x_i, x_j = _pairs()
+    with pytest.raises(TrainingDivergedError, match=r"loss term '\w+' became .* at epoch \d+.*lower"):
+        train_kae(
+            x_i * 1e30,
+            x_j * 1e30,
+            progress=False,
+            hidden=8,
+            observables=4,
+            k=2,
+            epochs=5,
+            batch_size=64,
+            lr=1e3,
+            schedule="constant",
+        )
