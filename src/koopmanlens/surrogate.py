@@ -18,6 +18,7 @@ from koopmanlens.capture import capture, check_finite, get_module, hooks
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.kae import KAEConfig, KoopmanAE, train_kae
+from koopmanlens.kae.model import fractional_operator_power
 from koopmanlens.metrics import agreement, classification_metrics
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.subject import predict_logits
@@ -168,18 +169,20 @@ class Surrogate:
     # ------------------------------------------------------------------ trajectories
     @torch.no_grad()
     def observable_trajectory(self, x: torch.Tensor, steps: list[float] | None = None) -> torch.Tensor:
-        """Observables exp(sG/k) phi(x_i) for s = 0..k (or ``steps``), shape (S, n, p).
+        """Observables K^(s/k) phi(x_i) for s = 0..k (or ``steps``), shape (S, n, p).
 
-        Raises :class:`InputError` after an edit that replaced the operator, since exp(sG/k) no
-        longer describes it (use :func:`koopmanlens.editing.fractional_steps` there).
+        K^(s/k) is exp(sG/k) for an unedited KAE; after an edit replaced the operator it is the
+        fractional matrix power of the edited operator, and :class:`InputError` is raised if that
+        power is not real (the steps are then unavailable).
         """
-        if self.operator is not None:
-            raise InputError(
-                "the operator was edited, so exp(sG/k) no longer gives its intermediate steps; use "
-                "koopmanlens.editing.fractional_steps for steps of the edited operator"
-            )
         x_i = self.representations(x)[self.layer_i]
-        return self.kae.observable_trajectory(self.preprocessor.transform_i(x_i).float(), steps)
+        z_i = self.preprocessor.transform_i(x_i).float()
+        if self.operator is None:
+            return self.kae.observable_trajectory(z_i, steps)
+        k = self.kae.k
+        steps = list(range(k + 1)) if steps is None else steps
+        z = self.kae.encode(z_i)
+        return torch.stack([z @ fractional_operator_power(self.operator, s, k).T for s in steps])
 
     @torch.no_grad()
     def trajectory(self, x: torch.Tensor, steps: list[float] | None = None) -> torch.Tensor:

@@ -19,6 +19,33 @@ def operator_power(generator: torch.Tensor, s: float, k: int) -> torch.Tensor:
     return torch.linalg.matrix_exp(generator * (float(s) / k))
 
 
+def fractional_operator_power(operator: torch.Tensor, s: float, k: int, tol: float = 1e-6) -> torch.Tensor:
+    """K^(s/k) for an operator that is not (or no longer) exp of a known generator, e.g. after an edit.
+
+    Computed by SciPy's Schur-Pade ``fractional_matrix_power`` in float64. A real operator can have a
+    complex fractional power (an eigenvalue on the negative real axis); when the imaginary part is
+    larger than ``tol`` relative to the real part, :class:`InputError` says the steps are unavailable.
+    """
+    import numpy as np
+    import scipy.linalg
+
+    if k < 1:
+        raise InputError(f"k must be a positive number of steps, got {k}")
+    frac = float(s) / k
+    if frac == 0:
+        return torch.eye(operator.shape[0], dtype=operator.dtype)
+    if frac == 1:
+        return operator.clone()
+    m = np.asarray(scipy.linalg.fractional_matrix_power(operator.detach().double().numpy(), frac))
+    imag = float(np.abs(m.imag).max()) if np.iscomplexobj(m) else 0.0
+    if imag > tol * max(1.0, float(np.abs(m.real).max())):
+        raise InputError(
+            f"the operator has no real {frac:g}-th power (imaginary part {imag:.2g}): its intermediate "
+            "steps are not available"
+        )
+    return torch.from_numpy(np.ascontiguousarray(m.real)).to(operator.dtype)
+
+
 class KoopmanAE(nn.Module):
     """Encoder Linear(q -> h) + LeakyReLU(0.01) + Linear(h -> p); decoder the untied mirror;
     generator G (p x p), initialised to 0 so that the operator starts at the identity.

@@ -1,0 +1,436 @@
+"""Class unlearning by a closed-form edit of the Koopman operator (paper section 4.3, Appendix D;
+METHOD section 8).
+
+Column convention everywhere in this module: a matrix W maps a key column k to a value column
+v = W k. Keys are stacked as columns, K_E (d x B), values V_E (d_out x B), preserved keys K_0 (d x N).
+For the Koopman operator W = exp(G) (p x p) and keys are observables phi(x_i).
+
+Methods (all float64 inside, solves instead of inverses):
+
+* ``emmet``: EMMET (Gupta et al. 2024), equality-constrained: the edit keys map exactly to their
+  values (when feasible) while W changes least on the preserved keys.
+* ``memit``: least squares that trades memorisation against preservation,
+  W' = W + R K_E^T (lambda C_0 + K_E K_E^T)^-1 with R = V_E - W K_E.
+* key reduction (``reduce_keys``): k-means centroids (or a sample) of a class's keys, which makes
+  EMMET's system well posed when a class has more keys than dimensions.
+
+``unlearn_class`` runs Algorithm 1 on a :class:`~koopmanlens.surrogate.Surrogate` and returns an
+:class:`Edit` that applies, reverts exactly, saves and loads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from koopmanlens.data import Dataset
+from koopmanlens.errors import InputError
+from koopmanlens.surrogate import Surrogate
+
+METHODS = ("emmet-kmeans", "memit", "emmet")
+DEFAULT_METHOD = "memit"
+
+
+def _f64(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
+    t = torch.as_tensor(x).detach().to(torch.float64)
+    if t.ndim != 2:
+        raise InputError(f"{what} must be a matrix, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{what} holds NaN or inf")
+    return t
+
+
+def _check_shapes(W: torch.Tensor, K_E: torch.Tensor, V_E: torch.Tensor, K_0: torch.Tensor | None) -> None:
+    d_out, d = W.shape
+    if K_E.shape[0] != d:
+        raise InputError(f"edit keys have dimension {K_E.shape[0]}, but W takes keys of dimension {d}")
+    if V_E.shape != (d_out, K_E.shape[1]):
+        raise InputError(f"values must have shape ({d_out}, {K_E.shape[1]}), got {tuple(V_E.shape)}")
+    if K_0 is not None and K_0.shape[0] != d:
+        raise InputError(f"preserved keys have dimension {K_0.shape[0]}, but W takes keys of dimension {d}")
+    if K_E.shape[1] == 0:
+        raise InputError("no edit keys")
+
+
+def _solve(A: torch.Tensor, B: torch.Tensor, what: str) -> torch.Tensor:
+    """A^-1 B with a clear error when A is singular."""
+    try:
+        X = torch.linalg.solve(A, B)
+    except RuntimeError as exc:
+        raise InputError(f"{what} is singular; add a ridge (lambda > 0) or reduce the keys") from exc
+    if not torch.isfinite(X).all():
+        raise InputError(f"{what} is singular; add a ridge (lambda > 0) or reduce the keys")
+    return X
+
+
+def _cond(A: torch.Tensor) -> float:
+    return float(torch.linalg.cond(A)) if A.numel() else 0.0
+
+
+def preservation_covariance(
+    K_0: torch.Tensor | None, d: int, lambda_mom2: float, lambda_norm: float
+) -> torch.Tensor:
+    """C_0 = lambda_mom2 K_0 K_0^T / N + lambda_norm I (METHOD section 8)."""
+    C = lambda_norm * torch.eye(d, dtype=torch.float64)
+    if K_0 is not None and K_0.shape[1] > 0 and lambda_mom2 != 0:
+        C = C + lambda_mom2 * (K_0 @ K_0.T) / K_0.shape[1]
+    return C
+
+
+def _diagnostics(W, W_new, K_E, V_E, K_0, extra) -> dict:
+    out = {
+        "edit_residual_before": float(torch.linalg.norm(V_E - W @ K_E) / max(torch.linalg.norm(V_E), 1e-30)),
+        "edit_residual_after": float(
+            torch.linalg.norm(V_E - W_new @ K_E) / max(torch.linalg.norm(V_E), 1e-30)
+        ),
+        "n_edit_keys": int(K_E.shape[1]),
+    }
+    if K_0 is not None and K_0.shape[1] > 0:
+        ref = torch.linalg.norm(W @ K_0)
+        out["preservation_error"] = float(torch.linalg.norm((W_new - W) @ K_0) / max(ref, 1e-30))
+        out["n_preserved_keys"] = int(K_0.shape[1])
+    out.update(extra)
+    return out
+
+
+def emmet(
+    W: torch.Tensor,
+    K_E: torch.Tensor,
+    V_E: torch.Tensor,
+    K_0: torch.Tensor | None = None,
+    lambda_mom2: float = 1.0,
+    lambda_norm: float = 0.0,
+    lambda_emmet: float = 0.0,
+) -> tuple[torch.Tensor, dict]:
+    """EMMET (METHOD section 8): W' = W + (V_E - W K_E) D^-1 K_E^T C_0^-1, with
+    C_0 = lambda_mom2 K_0 K_0^T / N + lambda_norm I and D = K_E^T C_0^-1 K_E + lambda_emmet I.
+
+    Column convention W k = v. With ``lambda_emmet = 0`` and at most d linearly independent keys
+    the constraints W' K_E = V_E hold exactly. The authors' code used lambda_emmet = 0.1 and a ridge
+    0.1 in C_0 (``lambda_norm``).
+
+    Returns:
+        (W' float64, diagnostics: relative edit residual before/after, relative preservation error
+        on K_0, condition numbers of C_0 and D).
+    """
+    W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
+    K_0 = None if K_0 is None else _f64(K_0, "preserved keys")
+    _check_shapes(W, K_E, V_E, K_0)
+    if min(lambda_mom2, lambda_norm, lambda_emmet) < 0:
+        raise InputError("the lambdas must be non-negative")
+    C0 = preservation_covariance(K_0, W.shape[1], lambda_mom2, lambda_norm)
+    Cinv_K = _solve(C0, K_E, "C_0")  # C_0^-1 K_E  (d x B)
+    D = K_E.T @ Cinv_K + lambda_emmet * torch.eye(K_E.shape[1], dtype=torch.float64)
+    R = V_E - W @ K_E
+    # (R D^-1) (C_0^-1 K_E)^T, C_0 symmetric
+    RD = _solve(D.T, R.T, "D").T
+    W_new = W + RD @ Cinv_K.T
+    diag = _diagnostics(W, W_new, K_E, V_E, K_0, {"cond_C0": _cond(C0), "cond_D": _cond(D)})
+    return W_new, diag
+
+
+def memit(
+    W: torch.Tensor,
+    K_E: torch.Tensor,
+    V_E: torch.Tensor,
+    K_0: torch.Tensor | None = None,
+    lam: float = 1.0,
+    lambda_norm: float = 1e-6,
+) -> tuple[torch.Tensor, dict]:
+    """Least-squares edit (MEMIT style) with both terms as means over their keys:
+    minimise lam ||(W' - W) K_0||^2 / N + ||W' K_E - V_E||^2 / B, i.e.
+    W' = W + (R K_E^T / B) (lam C_0 + K_E K_E^T / B)^-1 with R = V_E - W K_E and
+    C_0 = K_0 K_0^T / N + lambda_norm I. Well posed for any number of keys; larger ``lam`` preserves
+    more and memorises less, and its scale does not depend on how many keys there are.
+    """
+    W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
+    K_0 = None if K_0 is None else _f64(K_0, "preserved keys")
+    _check_shapes(W, K_E, V_E, K_0)
+    if lam < 0 or lambda_norm < 0:
+        raise InputError("lam and lambda_norm must be non-negative")
+    C0 = preservation_covariance(K_0, W.shape[1], 1.0, lambda_norm)
+    B = K_E.shape[1]
+    A = lam * C0 + K_E @ K_E.T / B
+    R = V_E - W @ K_E
+    W_new = W + _solve(A, (R @ K_E.T / B).T, "lam C_0 + K_E K_E^T / B").T
+    return W_new, _diagnostics(W, W_new, K_E, V_E, K_0, {"cond_A": _cond(A)})
+
+
+def reduce_keys(keys: torch.Tensor, n: int, method: str = "kmeans", seed: int = 0) -> torch.Tensor:
+    """Reduce edit keys given as columns (d x B) to at most ``n`` columns: k-means centroids
+    (SciPy's kmeans2, k-means++ start, seeded) or a seeded random sample."""
+    keys = _f64(keys, "edit keys")
+    B = keys.shape[1]
+    if n < 1:
+        raise InputError("reduce to at least one key")
+    if n >= B:
+        return keys
+    if method == "sample":
+        g = torch.Generator().manual_seed(seed)
+        return keys[:, torch.randperm(B, generator=g)[:n]]
+    if method != "kmeans":
+        raise InputError(f"key reduction method must be 'kmeans' or 'sample', got {method!r}")
+    from scipy.cluster.vq import kmeans2
+
+    centroids, labels = kmeans2(keys.T.numpy(), n, minit="++", seed=seed)
+    used = np.unique(labels)
+    return torch.from_numpy(centroids[used].T.copy())
+
+
+# ---------------------------------------------------------------------------- Algorithm 1
+@dataclass
+class Edit:
+    """A closed-form edit of a surrogate's operator: apply, revert exactly, save, load, inspect.
+
+    ``operator_before`` and ``operator_after`` are (p x p) float64 matrices in the column
+    convention; ``before_is_generator`` says the original operator was exp(G) (so revert restores
+    "no override")."""
+
+    forget: int
+    into: int
+    method: str
+    params: dict
+    operator_before: torch.Tensor
+    operator_after: torch.Tensor
+    before_is_generator: bool
+    diagnostics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def apply(self, surrogate: Surrogate) -> Surrogate:
+        """A new surrogate (sharing network, preprocessing and KAE) that uses the edited operator."""
+        self._check(surrogate)
+        return Surrogate(
+            surrogate.network,
+            surrogate.layer_i,
+            surrogate.layer_j,
+            surrogate.preprocessor,
+            surrogate.kae,
+            self.operator_after.float(),
+        )
+
+    def revert(self, surrogate: Surrogate) -> Surrogate:
+        """A surrogate with the operator exactly as before the edit."""
+        self._check(surrogate)
+        op = None if self.before_is_generator else self.operator_before.float()
+        return Surrogate(
+            surrogate.network, surrogate.layer_i, surrogate.layer_j, surrogate.preprocessor, surrogate.kae, op
+        )
+
+    def _check(self, surrogate: Surrogate) -> None:
+        p = surrogate.kae.observables
+        if self.operator_after.shape != (p, p):
+            raise InputError(
+                f"this edit is for a {tuple(self.operator_after.shape)} operator; "
+                f"the surrogate has ({p}, {p})"
+            )
+
+    def to_dict(self) -> dict:
+        return {
+            "forget": self.forget,
+            "into": self.into,
+            "method": self.method,
+            "params": self.params,
+            "before_is_generator": self.before_is_generator,
+            "diagnostics": self.diagnostics,
+            "seconds": self.seconds,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """``path.safetensors`` (both operators) and ``path.json`` (everything else)."""
+        from koopmanlens.runs import write_json, write_tensors
+
+        path = Path(path)
+        write_tensors(
+            path.with_suffix(".safetensors"),
+            {"operator_before": self.operator_before, "operator_after": self.operator_after},
+        )
+        write_json(path.with_suffix(".json"), self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Edit:
+        from koopmanlens.errors import ArtifactError
+        from koopmanlens.runs import read_json, read_tensors
+
+        path = Path(path)
+        info = read_json(path.with_suffix(".json"))
+        t = read_tensors(path.with_suffix(".safetensors"))
+        try:
+            before, after = t["operator_before"], t["operator_after"]
+            if before.shape != after.shape or before.ndim != 2 or before.shape[0] != before.shape[1]:
+                raise ArtifactError(f"{path}: operators must be square and of one shape")
+            return cls(
+                int(info["forget"]),
+                int(info["into"]),
+                str(info["method"]),
+                dict(info["params"]),
+                before.double(),
+                after.double(),
+                bool(info["before_is_generator"]),
+                dict(info.get("diagnostics", {})),
+                float(info.get("seconds", 0.0)),
+            )
+        except KeyError as exc:
+            raise ArtifactError(f"{path}: missing key {exc}") from exc
+
+
+@torch.no_grad()
+def class_observables(surrogate: Surrogate, data: Dataset) -> torch.Tensor:
+    """phi(x_i) of every sample of ``data`` (rows)."""
+    x_i = surrogate.representations(data.x)[surrogate.layer_i]
+    return surrogate.encode_i(x_i).double()
+
+
+def nearest_class(centroids: torch.Tensor, forget: int, present: list[int]) -> int:
+    """The class (other than ``forget``) whose centroid is nearest to ``forget``'s."""
+    others = [c for c in present if c != forget]
+    d = torch.linalg.norm(centroids[others] - centroids[forget], dim=1)
+    return others[int(torch.argmin(d))]
+
+
+def unlearn_class(
+    surrogate: Surrogate,
+    train: Dataset,
+    forget: int,
+    into: int | None = None,
+    method: str = DEFAULT_METHOD,
+    n_keys: int | None = None,
+    lam: float | str = "auto",
+    lambda_mom2: float = 1.0,
+    lambda_norm: float = 1e-6,
+    lambda_emmet: float = 0.0,
+    seed: int = 0,
+    max_target_accuracy: float = 0.01,
+    tune_samples: int = 2000,
+) -> Edit:
+    """Algorithm 1 (Appendix D): edit the operator so class ``forget`` is sent to another class.
+
+    Keys are phi(x_i) of the training samples of ``forget`` (METHOD section 9: these work where
+    K^-1 phi(x_j) does not); preserved keys are phi(x_i) of all other training samples; the new value
+    for every key is the observable-space centroid, K phi(x_i) averaged, of class ``into`` (default:
+    the class whose centroid is nearest to ``forget``'s).
+
+    Methods: ``"memit"`` (least squares with all keys, ``lam`` trades preservation; ``lam="auto"``
+    takes the largest lam on a log grid 10^-2..10^3 for which at most ``max_target_accuracy`` of a
+    seeded sample of ``tune_samples`` *training* samples of the class keep their label, so the test
+    split is never looked at), ``"emmet-kmeans"``
+    (exact EMMET on ``n_keys`` k-means centroids of the keys, default min(p, 32)), ``"emmet"``
+    (EMMET with every key and the ridges given, as the authors did).
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown edit method {method!r}; choose one of {list(METHODS)}")
+    present = sorted(set(train.y.tolist()))
+    if forget not in present:
+        raise InputError(f"class {forget} does not occur in the training data (classes {present})")
+    if into is not None and into not in present:
+        raise InputError(f"class {into} does not occur in the training data (classes {present})")
+    if into == forget:
+        raise InputError("into must be a class other than the one to forget")
+    start = time.perf_counter()
+    W = surrogate.current_operator().double()
+    z = class_observables(surrogate, train)
+    out = z @ W.T
+    y = train.y
+    n_classes = int(y.max()) + 1
+    centroids = torch.stack(
+        [out[y == c].mean(0) if (y == c).any() else torch.zeros(out.shape[1]) for c in range(n_classes)]
+    )
+    if into is None:
+        into = nearest_class(centroids, forget, present)
+    K_E = z[y == forget].T
+    K_0 = z[y != forget].T
+    p = W.shape[0]
+    params: dict = {"seed": seed}
+    if method == "memit":
+        V_E = centroids[into][:, None].expand(-1, K_E.shape[1])
+        tuning: dict = {}
+        if lam == "auto":
+            lam, tuning = _auto_lam(
+                surrogate,
+                train,
+                forget,
+                W,
+                K_E,
+                V_E,
+                K_0,
+                lambda_norm,
+                max_target_accuracy,
+                tune_samples,
+                seed,
+            )
+        elif not isinstance(lam, (int, float)):
+            raise InputError(f"lam must be a number or 'auto', got {lam!r}")
+        t_solve = time.perf_counter()
+        W_new, diag = memit(W, K_E, V_E, K_0, lam=float(lam), lambda_norm=lambda_norm)
+        diag["solve_seconds"] = time.perf_counter() - t_solve
+        diag.update(tuning)
+        params.update(lam=float(lam), lambda_norm=lambda_norm)
+    else:
+        if method == "emmet-kmeans":
+            m = n_keys or min(p, 32)
+            K_E = reduce_keys(K_E, m, "kmeans", seed)
+            params.update(n_keys=m)
+        V_E = centroids[into][:, None].expand(-1, K_E.shape[1])
+        W_new, diag = emmet(
+            W, K_E, V_E, K_0, lambda_mom2=lambda_mom2, lambda_norm=lambda_norm, lambda_emmet=lambda_emmet
+        )
+        params.update(lambda_mom2=lambda_mom2, lambda_norm=lambda_norm, lambda_emmet=lambda_emmet)
+    seconds = time.perf_counter() - start
+    return Edit(forget, into, method, params, W, W_new, surrogate.operator is None, diag, seconds)
+
+
+def _auto_lam(surrogate, train, forget, W, K_E, V_E, K_0, lambda_norm, max_acc, n_samples, seed):
+    """Largest lam on a log grid whose edit leaves at most ``max_acc`` of a training sample of the
+    class with its label (falls back to the smallest lam)."""
+    t0 = time.perf_counter()
+    idx = torch.nonzero(train.y == forget).flatten()
+    g = torch.Generator().manual_seed(seed)
+    idx = idx[torch.randperm(len(idx), generator=g)[:n_samples]]
+    x = train.x[idx]
+    grid = [float(v) for v in np.logspace(3, -2, 16)]
+    chosen, tried = grid[-1], []
+    for lam in grid:
+        W_new, _ = memit(W, K_E, V_E, K_0, lam=lam, lambda_norm=lambda_norm)
+        sur = Surrogate(
+            surrogate.network,
+            surrogate.layer_i,
+            surrogate.layer_j,
+            surrogate.preprocessor,
+            surrogate.kae,
+            W_new.float(),
+        )
+        acc = float((sur.predict(x) == forget).double().mean())
+        tried.append({"lam": lam, "train_target_accuracy": acc})
+        if acc <= max_acc:
+            chosen = lam
+            break
+    return chosen, {"lam_auto": tried, "tuning_seconds": time.perf_counter() - t0}
+
+
+def evaluate_edit(surrogate: Surrogate, edit: Edit, test: Dataset) -> dict:
+    """Per-class accuracy before and after on ``test``; the target class's accuracy; the macro
+    accuracy of the other classes."""
+    before = surrogate.evaluate(test)
+    after = edit.apply(surrogate).evaluate(test)
+    others = [c for c in range(test.n_classes) if c != edit.forget]
+
+    def macro(pc: list[float]) -> float:
+        vals = [pc[c] for c in others if pc[c] == pc[c]]
+        return float(np.mean(vals))
+
+    return {
+        "forget": edit.forget,
+        "into": edit.into,
+        "method": edit.method,
+        "target_before": before["per_class"][edit.forget],
+        "target_after": after["per_class"][edit.forget],
+        "others_before": macro(before["per_class"]),
+        "others_after": macro(after["per_class"]),
+        "per_class_before": before["per_class"],
+        "per_class_after": after["per_class"],
+        "seconds": edit.seconds,
+        "diagnostics": edit.diagnostics,
+    }
