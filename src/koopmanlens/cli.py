@@ -38,10 +38,13 @@ def _fail(exc: Exception) -> None:
 
 
 def _print_run(metrics: dict, out: Path | None = None) -> None:
-    from koopmanlens.report import per_seed_table, results_table, timing_line
+    from koopmanlens.report import editing_table, per_seed_table, results_table, timing_line, topology_table
 
     console.print(results_table(metrics))
     console.print(per_seed_table(metrics))
+    for extra in (editing_table(metrics), topology_table(metrics)):
+        if extra is not None:
+            console.print(extra)
     console.print(timing_line(metrics))
     if out is not None:
         console.print(f"run folder: {out}")
@@ -59,6 +62,12 @@ def reproduce(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="MNIST folder (else $KOOPMANLENS_DATA, else ~/.cache/koopmanlens/mnist)."
+    ),
+    subset: int | None = typer.Option(None, "--subset", help="MNIST: first N training images only."),
+    width: int | None = typer.Option(None, "--width", help="MNIST: a narrower subject network."),
+    epochs: int | None = typer.Option(None, "--epochs", help="MNIST: cap subject and KAE epochs."),
 ) -> None:
     """Reproduce the paper's surrogate results (Table 1) on the held-out test split."""
     from koopmanlens import pipeline
@@ -76,7 +85,18 @@ def reproduce(
                 preset=preset or "default",
             )
         else:
-            raise KoopmanLensError("reproduce mnist is not available in this version")
+            metrics = pipeline.reproduce_mnist(
+                out,
+                seeds=seeds,
+                preset=preset or "paper",
+                data_dir=data_dir,
+                device=device.value,
+                overwrite=overwrite,
+                progress=progress,
+                subset=subset,
+                width=width,
+                kae_epochs=epochs,
+            )
     except KoopmanLensError as exc:
         _fail(exc)
     _print_run(metrics, out)
@@ -95,6 +115,78 @@ def show(run_dir: Path = typer.Argument(..., help="A run folder written by `repr
         _fail(exc)
     except KeyError as exc:
         _fail(KoopmanLensError(f"{run_dir}/metrics.json lacks the key {exc}"))
+
+
+def _load(run_dir: Path, data_dir: Path | None = None):
+    from koopmanlens import pipeline
+    from koopmanlens.runs import load_run
+
+    run = load_run(run_dir)
+    train, test = pipeline.run_splits(run.info, data_dir)
+    return run, train, test
+
+
+@app.command()
+def edit(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`."),
+    forget: int = typer.Option(..., "--forget", help="The class to unlearn."),
+    into: int | None = typer.Option(None, "--into", help="Send it to this class (default: nearest)."),
+    method: str = typer.Option("memit", "--method", help="memit | emmet-kmeans | emmet"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
+) -> None:
+    """Unlearn a class by editing every seed's operator; print before/after and store the edits."""
+    from rich.table import Table
+
+    from koopmanlens import editing
+    from koopmanlens.report import pct
+
+    try:
+        run, train, test = _load(run_dir, data_dir)
+        table = Table(title=f"forget class {forget} ({method}), held-out test split")
+        for col in ("seed", "into", "target before", "target after", "others before", "others after", "ms"):
+            table.add_column(col, justify="right")
+        for seed in run.seeds:
+            sur = run.surrogate(seed)
+            ed = editing.unlearn_class(sur, train, forget, into=into, method=method)
+            r = editing.evaluate_edit(sur, ed, test)
+            ed.save(run_dir / "edits" / f"forget-{forget}-into-{ed.into}-seed-{seed}")
+            table.add_row(
+                str(seed),
+                str(ed.into),
+                pct(r["target_before"]),
+                pct(r["target_after"]),
+                pct(r["others_before"]),
+                pct(r["others_after"]),
+                f"{1000 * ed.seconds:.1f}",
+            )
+    except KoopmanLensError as exc:
+        _fail(exc)
+    console.print(table)
+    console.print(f"edits saved under {run_dir / 'edits'}")
+
+
+@app.command()
+def topology(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`."),
+    eps: float | None = typer.Option(None, "--eps", help="Scale (default: read off the data)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
+) -> None:
+    """beta_0 along the layers and the KAE steps; written into the run's metrics.json."""
+    from koopmanlens import pipeline
+    from koopmanlens.report import topology_table
+    from koopmanlens.runs import write_json
+
+    try:
+        run, train, test = _load(run_dir, data_dir)
+        block = pipeline.topology_block(
+            run.network, run.network.layer_names(), train, test, run.surrogate(), eps=eps
+        )
+        metrics = dict(run.metrics)
+        metrics["topology"] = block
+        write_json(run_dir / "metrics.json", metrics)
+    except KoopmanLensError as exc:
+        _fail(exc)
+    console.print(topology_table(metrics))
 
 
 def main() -> None:

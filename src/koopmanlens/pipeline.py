@@ -9,10 +9,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from koopmanlens import data as kdata
+from koopmanlens import editing
 from koopmanlens.capture import capture
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
@@ -108,6 +110,8 @@ def reproduce(
     progress: bool = True,
     subject_seed: int = 0,
     extra_info: dict | None = None,
+    edit_classes: Sequence[int] = (),
+    topology: bool = True,
 ) -> dict:
     """Train the subject, fit ``seeds`` KAEs (seeds 0..N-1), evaluate on ``test``, save the run.
 
@@ -161,6 +165,23 @@ def reproduce(
             "total": time.perf_counter() - t0,
         },
     }
+    if edit_classes:
+        t2 = time.perf_counter()
+        metrics["editing"] = editing_block(network, layer_i, layer_j, pre, kaes, train, test, edit_classes)
+        metrics["timing_s"]["editing"] = time.perf_counter() - t2
+    if topology:
+        t3 = time.perf_counter()
+        first = min(kaes)
+        metrics["topology"] = topology_block(
+            network,
+            network.layer_names(),
+            train,
+            test,
+            Surrogate(network, layer_i, layer_j, pre, kaes[first]),
+        )
+        metrics["topology"]["kae_seed"] = first
+        metrics["timing_s"]["topology"] = time.perf_counter() - t3
+    metrics["timing_s"]["total"] = time.perf_counter() - t0
     info = {
         "dataset": dataset,
         "layer_i": layer_i,
@@ -170,6 +191,95 @@ def reproduce(
     }
     save_run(out, network, pre, kaes, metrics, info)
     return metrics
+
+
+def editing_block(
+    network: nn.Module,
+    layer_i: str,
+    layer_j: str,
+    pre: PairPreprocessor,
+    kaes: dict[int, KoopmanAE],
+    train: Dataset,
+    test: Dataset,
+    classes: Sequence[int],
+    method: str = editing.DEFAULT_METHOD,
+    progress: bool = False,
+) -> dict:
+    """Table 1's edit columns: for each class, unlearn it with every seed's KAE and evaluate on
+    ``test``; means and sds over the seeds (the ``editing`` key of metrics.json)."""
+    rows = []
+    for c in classes:
+        results = []
+        for _seed, kae in sorted(kaes.items()):
+            sur = Surrogate(network, layer_i, layer_j, pre, kae)
+            edit = editing.unlearn_class(sur, train, c, method=method)
+            results.append(editing.evaluate_edit(sur, edit, test))
+        row: dict = {"forget": c, "into": results[0]["into"], "into_per_seed": [r["into"] for r in results]}
+        for key in ("target_before", "target_after", "others_before", "others_after", "seconds"):
+            ms = mean_sd([r[key] for r in results])
+            row[key], row[key + "_sd"] = ms["mean"], ms["sd"]
+        row["solve_seconds"] = mean_sd(
+            [r["diagnostics"].get("solve_seconds", r["seconds"]) for r in results]
+        )["mean"]
+        row["lam_per_seed"] = [r["diagnostics"].get("lam_auto", [{}])[-1].get("lam") for r in results]
+        rows.append(row)
+    return {"method": method, "split": "test", "per_class": rows}
+
+
+def topology_block(
+    network: nn.Module,
+    layers: Sequence[str],
+    train: Dataset,
+    test: Dataset,
+    surrogate: Surrogate,
+    eps: float | None = None,
+    eps_quantile: float = 0.5,
+    max_points: int = 5000,
+    max_steps: int = 20,
+    seed: int = 0,
+) -> dict:
+    """beta_0 along the network's layers (each preprocessed and aligned to the last layer, METHOD
+    section 4, fitted on ``train``) and along the KAE's decoded steps, on up to ``max_points`` test
+    samples, at one eps. Default eps: the ``eps_quantile`` of the MST edge lengths of the first
+    layer's aligned test states (:func:`koopmanlens.topology.suggest_eps`)."""
+    from scipy.stats import spearmanr
+
+    from koopmanlens import topology
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(test), generator=g)[:max_points]
+    sub = test.subset(idx)
+    last = layers[-1]
+    tr = capture(network, train.x, list(layers))
+    te = capture(network, sub.x, list(layers))
+    aligned = {}
+    for name in layers:
+        pre = PairPreprocessor().fit(tr[name], tr[last])
+        aligned[name] = pre.transform_i(te[name]) if name != last else pre.transform_j(te[name])
+    if eps is None:
+        eps = topology.suggest_eps(aligned[layers[0]], eps_quantile)
+    layer_b0 = [topology.betti0(aligned[n], eps) for n in layers]
+    k = surrogate.kae.k
+    steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
+    states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps])
+    step_b0 = [topology.betti0(states[t], eps) for t in range(len(steps))]
+
+    def rho(a: Sequence[float], b: Sequence[float]) -> float | None:
+        if len(set(b)) < 2:
+            return None
+        return float(spearmanr(a, b).statistic)
+
+    return {
+        "eps": float(eps),
+        "eps_rule": f"quantile {eps_quantile} of MST edge lengths of layer {layers[0]!r} (aligned)",
+        "n_points": len(sub),
+        "layers": list(layers),
+        "layer_beta0": layer_b0,
+        "layer_spearman": rho(range(len(layers)), layer_b0),
+        "kae_steps": steps,
+        "kae_beta0": step_b0,
+        "kae_spearman": rho(steps, step_b0),
+    }
 
 
 YINYANG_PRESETS = ("default", "paper")
@@ -202,6 +312,20 @@ def yinyang_settings(quick: bool = False, preset: str = "default") -> dict:
     }
 
 
+def run_splits(info: dict, data_dir: str | Path | None = None) -> tuple[Dataset, Dataset]:
+    """The (train, test) splits a saved run was made with, rebuilt from its ``run.json``."""
+    dataset = info.get("dataset")
+    if dataset == "yinyang":
+        s = yinyang_settings(bool(info.get("quick")), info.get("preset", "default"))
+        return s["train"], s["test"]
+    if dataset == "mnist":
+        s = mnist_settings(
+            info.get("preset", "paper"), data_dir or info.get("data_dir"), subset=info.get("subset")
+        )
+        return s["train"], s["test"]
+    raise InputError(f"runs of dataset {dataset!r} cannot rebuild their data; use the Python API")
+
+
 def reproduce_yinyang(
     out: str | Path = "runs/yinyang",
     seeds: int = 5,
@@ -226,4 +350,90 @@ def reproduce_yinyang(
         overwrite=overwrite,
         progress=progress,
         extra_info={"quick": quick, "preset": preset},
+        edit_classes=(0, 1, 2),
+    )
+
+
+MNIST_PRESETS = ("paper", "fast")
+
+
+def mnist_settings(
+    preset: str = "paper",
+    data_dir: str | Path | None = None,
+    subset: int | None = None,
+    width: int | None = None,
+) -> dict:
+    """Data, subject and KAE settings of ``reproduce mnist``.
+
+    ``paper``: METHOD sections 2 and 5 (784-wide subject, 30 epochs; KAE 784 -> 1000 -> 800, k = 10,
+    100 epochs). ``fast``: a CPU preset: the subject for 8 epochs at batch 256, then every layer
+    projected to its top q = 128 principal axes and a KAE 128 -> 256 -> 160 for 40 epochs.
+    ``subset`` keeps the first N training and N // 6 test images; ``width`` narrows the subject
+    (both for smoke tests).
+    """
+    if preset not in MNIST_PRESETS:
+        raise InputError(f"unknown MNIST preset {preset!r}; choose one of {list(MNIST_PRESETS)}")
+    train = kdata.mnist("train", data_dir)
+    test = kdata.mnist("test", data_dir)
+    if subset is not None:
+        train = train.subset(slice(0, subset))
+        test = test.subset(slice(0, max(100, subset // 6)))
+    over = {} if width is None else {"width": width}
+    if preset == "paper":
+        return {
+            "train": train,
+            "test": test,
+            "q": None,
+            "subject": subject_config("mnist", **over),
+            "kae": kae_config("mnist"),
+        }
+    return {
+        "train": train,
+        "test": test,
+        "q": 128,
+        "subject": subject_config("mnist", epochs=8, batch_size=256, **over),
+        "kae": kae_config("mnist", hidden=256, observables=160, epochs=40),
+    }
+
+
+def reproduce_mnist(
+    out: str | Path = "runs/mnist",
+    seeds: int = 5,
+    preset: str = "paper",
+    data_dir: str | Path | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    subset: int | None = None,
+    width: int | None = None,
+    kae_epochs: int | None = None,
+) -> dict:
+    """The paper's MNIST experiment (Table 1) on the 10,000 held-out test images."""
+    s = mnist_settings(preset, data_dir, subset, width)
+    kae = s["kae"] if kae_epochs is None else kae_config(s["kae"], epochs=kae_epochs)
+    subj = (
+        s["subject"]
+        if kae_epochs is None
+        else subject_config(s["subject"], epochs=min(s["subject"].epochs, kae_epochs))
+    )
+    return reproduce(
+        "mnist",
+        s["train"],
+        None,
+        s["test"],
+        subj,
+        kae,
+        out,
+        seeds=seeds,
+        q=s["q"],
+        device=device,
+        overwrite=overwrite,
+        progress=progress,
+        extra_info={
+            "preset": preset,
+            "subset": subset,
+            "width": width,
+            "data_dir": None if data_dir is None else str(data_dir),
+        },
+        edit_classes=(1, 4, 7),
     )

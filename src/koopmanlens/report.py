@@ -61,3 +61,58 @@ def timing_line(metrics: dict) -> str:
         f"time: subject {t.get('subject', 0):.1f} s, KAE {t.get('kae', 0):.1f} s, "
         f"total {t.get('total', 0):.1f} s"
     )
+
+
+def editing_table(metrics: dict) -> Table | None:
+    """Table 1, columns 4-5: accuracy on the forgotten class before -> after, and the others."""
+    block = metrics.get("editing")
+    if not block:
+        return None
+    table = Table(title=f"unlearning by editing the operator ({block['method']}), held-out test split")
+    for col in (
+        "forget",
+        "into",
+        "target before",
+        "target after",
+        "others before",
+        "others after",
+        "edit time (ms)",
+    ):
+        table.add_column(col, justify="right")
+    for r in block["per_class"]:
+        table.add_row(
+            str(r["forget"]),
+            str(r["into"]),
+            f"{pct(r['target_before'])} ({100 * r.get('target_before_sd', 0):.2f})",
+            f"{pct(r['target_after'])} ({100 * r.get('target_after_sd', 0):.2f})",
+            f"{pct(r['others_before'])} ({100 * r.get('others_before_sd', 0):.2f})",
+            f"{pct(r['others_after'])} ({100 * r.get('others_after_sd', 0):.2f})",
+            f"{1000 * r['seconds']:.1f}",
+        )
+    return table
+
+
+def topology_table(metrics: dict) -> Table | None:
+    """beta_0 along the layers and along the KAE steps."""
+    block = metrics.get("topology")
+    if not block:
+        return None
+
+    def fmt(r: float | None) -> str:
+        return "-" if r is None else f"{r:+.2f}"
+
+    table = Table(title=f"beta_0 at eps = {block['eps']:.4g} on {block['n_points']} test points")
+    table.add_column("sequence")
+    table.add_column("beta_0")
+    table.add_column("Spearman(step, beta_0)", justify="right")
+    table.add_row(
+        "layers " + " -> ".join(block["layers"]),
+        " -> ".join(map(str, block["layer_beta0"])),
+        fmt(block.get("layer_spearman")),
+    )
+    table.add_row(
+        f"KAE steps {block['kae_steps'][0]}..{block['kae_steps'][-1]}",
+        " -> ".join(map(str, block["kae_beta0"])),
+        fmt(block.get("kae_spearman")),
+    )
+    return table
