@@ -132,3 +132,32 @@ def test_train_kae_divergence_names_term_and_epoch():
             lr=1e3,
             schedule="constant",
         )
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-3, 0.1, 1.0, 5.0])
+def test_expm_taylor_matches_torch(scale):
+    from koopmanlens.kae.model import expm_taylor
+
+    G = torch.randn(30, 30, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * scale
+    ref = torch.linalg.matrix_exp(G)
+    assert torch.allclose(expm_taylor(G), ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+
+
+def test_expm_taylor_gradient_matches_torch():
+    from koopmanlens.kae.model import expm_taylor
+
+    G = (
+        0.4 * torch.randn(6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ).requires_grad_()
+    assert torch.autograd.gradcheck(expm_taylor, (G,))
+    W = torch.randn(6, 6, dtype=torch.float64)
+    g1 = torch.autograd.grad((expm_taylor(G) * W).sum(), G)[0]
+    g2 = torch.autograd.grad((torch.linalg.matrix_exp(G) * W).sum(), G)[0]
+    assert torch.allclose(g1, g2, atol=1e-12)
+
+
+def test_operator_power_methods_agree():
+    G = _gen()
+    assert torch.allclose(operator_power(G, 3, 7, "taylor"), operator_power(G, 3, 7, "torch"), atol=1e-13)
+    with pytest.raises(InputError):
+        operator_power(G, 3, 7, "pade")

@@ -61,6 +61,8 @@ def reproduce(
         None, "--preset", help="yinyang: default|paper; mnist: paper|fast (default: first)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoints."),
+    checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1, help="Epochs between checkpoints."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="MNIST folder (else $KOOPMANLENS_DATA, else ~/.cache/koopmanlens/mnist)."
@@ -83,6 +85,8 @@ def reproduce(
                 overwrite=overwrite,
                 progress=progress,
                 preset=preset or "default",
+                resume=resume,
+                checkpoint_every=checkpoint_every,
             )
         else:
             metrics = pipeline.reproduce_mnist(
@@ -96,6 +100,8 @@ def reproduce(
                 subset=subset,
                 width=width,
                 kae_epochs=epochs,
+                resume=resume,
+                checkpoint_every=checkpoint_every,
             )
     except KoopmanLensError as exc:
         _fail(exc)

@@ -4,6 +4,7 @@ evaluate everything on the held-out test split, save a run folder (METHOD sectio
 from __future__ import annotations
 
 import platform
+import shutil
 import statistics
 import time
 from collections.abc import Sequence
@@ -43,6 +44,9 @@ def fit_surrogates(
     q: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
 ) -> tuple[PairPreprocessor, dict[int, KoopmanAE], dict, list[float]]:
     """Fit one preprocessing and one KAE per seed; evaluate each on ``test``.
 
@@ -60,7 +64,19 @@ def fit_surrogates(
     kaes: dict[int, KoopmanAE] = {}
     per_seed, seconds = [], []
     for seed in seeds:
-        model = train_kae(z_i, z_j, cfg, seed=seed, val=val_pair, device=device, progress=progress)
+        ck = None if checkpoint_dir is None else Path(checkpoint_dir) / f"kae-seed-{seed}"
+        model = train_kae(
+            z_i,
+            z_j,
+            cfg,
+            seed=seed,
+            val=val_pair,
+            device=device,
+            progress=progress,
+            checkpoint=ck,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
         kaes[seed] = model
         ev = Surrogate(network, layer_i, layer_j, pre, model).evaluate(test)
         seconds.append(model.train_seconds_)
@@ -112,6 +128,8 @@ def reproduce(
     extra_info: dict | None = None,
     edit_classes: Sequence[int] = (),
     topology: bool = True,
+    resume: bool = False,
+    checkpoint_every: int = 50,
 ) -> dict:
     """Train the subject, fit ``seeds`` KAEs (seeds 0..N-1), evaluate on ``test``, save the run.
 
@@ -119,9 +137,19 @@ def reproduce(
     """
     if seeds < 1:
         raise InputError(f"--seeds must be at least 1, got {seeds}")
-    out = prepare_run_dir(out, overwrite=overwrite)
+    out = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    ckdir = out / "checkpoints"
     t0 = time.perf_counter()
-    network = train_resmlp(train, subject, seed=subject_seed, device=device, progress=progress)
+    network = train_resmlp(
+        train,
+        subject,
+        seed=subject_seed,
+        device=device,
+        progress=progress,
+        checkpoint=ckdir / "subject",
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+    )
     network.cpu()
     t_subject = time.perf_counter() - t0
     layer_j = layer_j or network.layer_names()[-1]
@@ -140,6 +168,9 @@ def reproduce(
         q=q,
         device=device,
         progress=progress,
+        checkpoint_dir=ckdir,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
     )
     t_kae = time.perf_counter() - t1
     metrics = {
@@ -190,6 +221,7 @@ def reproduce(
         **(extra_info or {}),
     }
     save_run(out, network, pre, kaes, metrics, info)
+    shutil.rmtree(ckdir, ignore_errors=True)
     return metrics
 
 
@@ -208,11 +240,14 @@ def editing_block(
     """Table 1's edit columns: for each class, unlearn it with every seed's KAE and evaluate on
     ``test``; means and sds over the seeds (the ``editing`` key of metrics.json)."""
     rows = []
+    cache: dict[int, torch.Tensor] = {}
     for c in classes:
         results = []
-        for _seed, kae in sorted(kaes.items()):
+        for seed, kae in sorted(kaes.items()):
             sur = Surrogate(network, layer_i, layer_j, pre, kae)
-            edit = editing.unlearn_class(sur, train, c, method=method)
+            if seed not in cache:
+                cache[seed] = editing.class_observables(sur, train)
+            edit = editing.unlearn_class(sur, train, c, method=method, observables=cache[seed])
             results.append(editing.evaluate_edit(sur, edit, test))
         row: dict = {"forget": c, "into": results[0]["into"], "into_per_seed": [r["into"] for r in results]}
         for key in ("target_before", "target_after", "others_before", "others_after", "seconds"):
@@ -237,11 +272,12 @@ def topology_block(
     max_points: int = 5000,
     max_steps: int = 20,
     seed: int = 0,
+    max_fit_points: int = 10000,
 ) -> dict:
     """beta_0 along the network's layers (each preprocessed and aligned to the last layer, METHOD
-    section 4, fitted on ``train``) and along the KAE's decoded steps, on up to ``max_points`` test
-    samples, at one eps. Default eps: the ``eps_quantile`` of the MST edge lengths of the first
-    layer's aligned test states (:func:`koopmanlens.topology.suggest_eps`)."""
+    section 4, fitted on up to ``max_fit_points`` training samples) and along the KAE's decoded
+    steps, on up to ``max_points`` test samples, at one eps. Default eps: the ``eps_quantile`` of the
+    MST edge lengths of the first layer's aligned test states (:func:`koopmanlens.topology.suggest_eps`)."""
     from scipy.stats import spearmanr
 
     from koopmanlens import topology
@@ -250,7 +286,8 @@ def topology_block(
     idx = torch.randperm(len(test), generator=g)[:max_points]
     sub = test.subset(idx)
     last = layers[-1]
-    tr = capture(network, train.x, list(layers))
+    fit_idx = torch.randperm(len(train), generator=g)[:max_fit_points]
+    tr = capture(network, train.x[fit_idx], list(layers))
     te = capture(network, sub.x, list(layers))
     aligned = {}
     for name in layers:
@@ -333,6 +370,8 @@ def reproduce_yinyang(
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    resume: bool = False,
+    checkpoint_every: int = 50,
     preset: str = "default",
 ) -> dict:
     """The paper's Yin-Yang experiment (Table 1, columns 2-3) on the held-out test split."""
@@ -351,6 +390,8 @@ def reproduce_yinyang(
         progress=progress,
         extra_info={"quick": quick, "preset": preset},
         edit_classes=(0, 1, 2),
+        resume=resume,
+        checkpoint_every=checkpoint_every,
     )
 
 
@@ -404,6 +445,8 @@ def reproduce_mnist(
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    resume: bool = False,
+    checkpoint_every: int = 50,
     subset: int | None = None,
     width: int | None = None,
     kae_epochs: int | None = None,
@@ -436,4 +479,6 @@ def reproduce_mnist(
             "data_dir": None if data_dir is None else str(data_dir),
         },
         edit_classes=(1, 4, 7),
+        resume=resume,
+        checkpoint_every=checkpoint_every,
     )

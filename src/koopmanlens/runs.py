@@ -16,19 +16,14 @@ for a complete run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 
 from koopmanlens.errors import ArtifactError
+from koopmanlens.io import atomic_write_bytes, read_json, read_tensors, write_json, write_tensors
 from koopmanlens.kae import KAEConfig, KoopmanAE
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.subject import SubjectConfig
@@ -36,70 +31,6 @@ from koopmanlens.surrogate import Surrogate
 
 FORMAT = "koopmanlens-run"
 VERSION = 1
-
-
-# ---------------------------------------------------------------------------- low-level I/O
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then rename onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ArtifactError(f"cannot write {path}: {exc}") from exc
-
-
-def write_json(path: str | Path, obj: object) -> None:
-    """Atomically write ``obj`` as indented JSON (NaN is written as null)."""
-    text = json.dumps(_clean(obj), indent=2, sort_keys=False, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode())
-
-
-def _clean(obj: object) -> object:
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def read_json(path: str | Path) -> dict:
-    """Read a JSON object, with :class:`ArtifactError` for a missing or malformed file."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ArtifactError(f"missing artifact file {path}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"corrupt JSON in {path}: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{path} should hold a JSON object, found {type(obj).__name__}")
-    return obj
-
-
-def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
-    """Atomically write tensors as safetensors (contiguous CPU copies)."""
-    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(clean, metadata={k: str(v) for k, v in (meta or {}).items()}))
-
-
-def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; :class:`ArtifactError` when missing or corrupt. Never unpickles."""
-    path = Path(path)
-    try:
-        return st_load(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise ArtifactError(f"missing artifact file {path}") from exc
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"corrupt safetensors file {path}: {exc}") from exc
 
 
 def load_module_state(module: nn.Module, path: str | Path) -> nn.Module:
@@ -123,18 +54,21 @@ def load_module_state(module: nn.Module, path: str | Path) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- run folders
-def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
+def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
     """Create ``out`` for a new run. A folder that already holds a run (or anything else) is refused
-    unless ``overwrite``; with ``overwrite`` an old run's files are removed first."""
+    unless ``overwrite``; with ``overwrite`` an old run's files are removed first. With ``resume`` an
+    unfinished run's folder (no ``run.json``) is kept so that its checkpoints can be continued."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if resume and out.is_dir() and (out / "run.json").exists() and not overwrite:
+        raise ArtifactError(f"{out} already holds a complete run; nothing to resume (use --overwrite)")
+    if out.is_dir() and any(out.iterdir()) and not resume:
         if not overwrite:
             what = "a run" if (out / "run.json").exists() else "files"
             raise ArtifactError(f"{out} already holds {what}; pass --overwrite to replace it")
-        if (out / "run.json").exists():
-            (out / "run.json").unlink()  # mark incomplete first
+        if (out / "run.json").exists() or (out / "checkpoints").is_dir():
+            (out / "run.json").unlink(missing_ok=True)  # mark incomplete first
             for child in out.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     try:

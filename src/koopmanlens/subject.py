@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,9 +19,12 @@ from koopmanlens.errors import InputError
 from koopmanlens.metrics import classification_metrics
 from koopmanlens.training import (
     check_finite_losses,
+    epoch_delay,
+    load_checkpoint,
     make_generator,
     progress_bar,
     resolve_device,
+    save_checkpoint,
     seeded,
     torch_threads,
     triangular_lr,
@@ -131,11 +135,16 @@ def train_resmlp(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
     **overrides: object,
 ) -> ResMLP:
     """Train the residual MLP on ``train`` with SGD + momentum, the triangular cyclic LR stepped per
     batch, weight decay on weights only and gradient-norm clipping. Deterministic under ``seed`` on
-    CPU. Returns the network in eval mode with ``train_seconds_`` and ``config_`` attached.
+    CPU. ``checkpoint`` (a path stem) is written every ``checkpoint_every`` epochs and at the end;
+    with ``resume`` training continues from it to the same result. Returns the network in eval
+    mode with ``train_seconds_`` and ``config_`` attached.
     """
     cfg = subject_config(preset, **overrides)
     x = train.x.flatten(1)
@@ -155,11 +164,15 @@ def train_resmlp(
         n = len(x)
         steps_per_epoch = -(-n // cfg.batch_size)
         total = cfg.epochs * steps_per_epoch
-        step = 0
+        step, first_epoch = 0, 0
+        if checkpoint is not None and resume:
+            restored = load_checkpoint(checkpoint, model, opt, gen)
+            if restored is not None:
+                step, first_epoch = int(restored[0]["step"]), int(restored[0]["epoch"]) + 1
         loss_fn = nn.CrossEntropyLoss()
         with progress_bar(progress) as bar:
-            task = bar.add_task("subject", total=cfg.epochs, info="")
-            for epoch in range(cfg.epochs):
+            task = bar.add_task("subject", total=cfg.epochs, completed=first_epoch, info="")
+            for epoch in range(first_epoch, cfg.epochs):
                 order = torch.randperm(n, generator=gen).to(dev)
                 running = torch.zeros((), device=dev)
                 for b in range(steps_per_epoch):
@@ -179,6 +192,13 @@ def train_resmlp(
                 mean_loss = float(running) / n
                 check_finite_losses({"cross_entropy": mean_loss}, epoch, lr)
                 bar.update(task, advance=1, info=f"loss {mean_loss:.4f}")
+                if checkpoint is not None and (
+                    (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1
+                ):
+                    save_checkpoint(
+                        checkpoint, model, opt, gen, epoch, step, {"seed": seed, "config": cfg.to_dict()}
+                    )
+                epoch_delay()
     model.eval()
     model.train_seconds_ = time.perf_counter() - start  # type: ignore[attr-defined]
     model.config_ = cfg  # type: ignore[attr-defined]

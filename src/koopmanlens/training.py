@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from rich.progress import (
@@ -98,3 +99,93 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
     return dev
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict = {}
+    for pid, entry in state["state"].items():
+        for key, val in entry.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"opt.{pid}.{key}"] = val.detach().cpu().clone()
+            else:
+                scalars[f"{pid}.{key}"] = val
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict = {}
+    for name, val in tensors.items():
+        if not name.startswith("opt."):
+            continue
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = val
+    for name, val in meta.get("scalars", {}).items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    epoch: int,
+    step: int,
+    extra: dict | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Everything needed to continue training after ``epoch``: ``path.safetensors`` (model, optimizer
+    state, the batch-order generator's state, extra tensors) and ``path.json`` (counters, extras).
+    Written atomically, tensors before JSON, so the JSON names a complete checkpoint."""
+    from koopmanlens.io import write_json, write_tensors
+
+    path = Path(path)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _flatten_optimizer(opt)
+    tensors.update(opt_tensors)
+    tensors["generator_state"] = gen.get_state()
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra.{k}"] = v
+    write_tensors(path.with_suffix(".safetensors"), tensors)
+    write_json(
+        path.with_suffix(".json"), {"epoch": epoch, "step": step, "optimizer": opt_meta, **(extra or {})}
+    )
+
+
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """Restore a checkpoint written by :func:`save_checkpoint` in place; ``None`` if there is none.
+
+    Returns (the JSON record, the extra tensors)."""
+    from koopmanlens.io import read_json, read_tensors
+
+    path = Path(path)
+    if not path.with_suffix(".json").exists():
+        return None
+    meta = read_json(path.with_suffix(".json"))
+    tensors = read_tensors(path.with_suffix(".safetensors"))
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state, strict=True)
+        _unflatten_optimizer(opt, tensors, meta["optimizer"])
+        gen.set_state(tensors["generator_state"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        from koopmanlens.errors import ArtifactError
+
+        raise ArtifactError(f"checkpoint {path} does not fit this model or is corrupt: {exc}") from exc
+    extras = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return meta, extras
+
+
+def epoch_delay() -> None:
+    """Fault-injection aid for tests: sleep ``$KOOPMANLENS_EPOCH_DELAY`` seconds after each epoch."""
+    delay = os.environ.get("KOOPMANLENS_EPOCH_DELAY")
+    if delay:
+        import time
+
+        time.sleep(float(delay))

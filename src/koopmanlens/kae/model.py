@@ -7,8 +7,60 @@ from torch import nn
 
 from koopmanlens.errors import InputError
 
+#: Taylor degree and the norm bound up to which it is used unscaled (see :func:`expm_taylor`).
+TAYLOR_DEGREE = 16
+TAYLOR_THETA = 1.0
 
-def operator_power(generator: torch.Tensor, s: float, k: int) -> torch.Tensor:
+
+def expm_taylor(a: torch.Tensor, degree: int = TAYLOR_DEGREE, theta: float = TAYLOR_THETA) -> torch.Tensor:
+    """Matrix exponential by scaling and squaring of a Taylor polynomial, in plain matrix products.
+
+    exp(A) = T(A / 2^s)^(2^s) with s the least integer such that ||A / 2^s||_1 <= ``theta``; T is the
+    degree-16 Taylor polynomial evaluated by Paterson-Stockmeyer (powers X^2..X^4, then Horner in
+    X^4: 6 products). For ||X||_1 <= 1 the truncation error is below ||X||^17 / 17! < 3e-15, under
+    float64 round-off. Autograd differentiates through the products, so the backward pass costs about
+    twice the forward, instead of the exponential of a (2p x 2p) block matrix that
+    ``torch.linalg.matrix_exp``'s backward computes (benchmarks/mnist.py measures both).
+    """
+    import math
+
+    n = a.shape[-1]
+    norm = float(torch.linalg.matrix_norm(a.detach(), ord=1))
+    s = max(0, math.ceil(math.log2(norm / theta))) if norm > theta else 0
+    x = a / (2.0**s) if s else a
+    eye = torch.eye(n, dtype=a.dtype, device=a.device)
+    powers = [eye, x]
+    for _ in range(2, 5):
+        powers.append(powers[-1] @ x)
+    coeffs = [1.0 / math.factorial(i) for i in range(degree + 1)]
+    # T(X) = sum_j (X^4)^j B_j(X), B_j(X) = sum_{i<4} c_{4j+i} X^i, Horner over j
+    blocks = []
+    for j in range(0, degree + 1, 4):
+        b = coeffs[j] * eye
+        for i in range(1, 4):
+            if j + i <= degree:
+                b = b + coeffs[j + i] * powers[i]
+        blocks.append(b)
+    x4 = powers[4]
+    result = blocks[-1]
+    for b in reversed(blocks[:-1]):
+        result = b + x4 @ result
+    for _ in range(s):
+        result = result @ result
+    return result
+
+
+def expm(a: torch.Tensor, method: str = "taylor") -> torch.Tensor:
+    """exp(A) by ``"taylor"`` (:func:`expm_taylor`, the default: faster to differentiate) or
+    ``"torch"`` (``torch.linalg.matrix_exp``)."""
+    if method == "taylor":
+        return expm_taylor(a)
+    if method == "torch":
+        return torch.linalg.matrix_exp(a)
+    raise InputError(f"expm method must be 'taylor' or 'torch', got {method!r}")
+
+
+def operator_power(generator: torch.Tensor, s: float, k: int, method: str = "taylor") -> torch.Tensor:
     """Eq. 12: the operator after ``s`` of ``k`` steps, exp(sG/k), by one matrix exponential.
 
     ``s = k`` gives the whole map exp(G) = exp(G/k)^k; ``s = 0`` the identity. Column convention:
@@ -16,7 +68,7 @@ def operator_power(generator: torch.Tensor, s: float, k: int) -> torch.Tensor:
     """
     if k < 1:
         raise InputError(f"k must be a positive number of steps, got {k}")
-    return torch.linalg.matrix_exp(generator * (float(s) / k))
+    return expm(generator * (float(s) / k), method)
 
 
 def fractional_operator_power(operator: torch.Tensor, s: float, k: int, tol: float = 1e-6) -> torch.Tensor:
@@ -53,8 +105,19 @@ class KoopmanAE(nn.Module):
     Rows are samples throughout: ``encode`` maps (n, q) to (n, p).
     """
 
-    def __init__(self, dim: int, hidden: int, observables: int, k: int, slope: float = 0.01) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        observables: int,
+        k: int,
+        slope: float = 0.01,
+        expm_method: str = "taylor",
+    ) -> None:
         super().__init__()
+        if expm_method not in ("taylor", "torch"):
+            raise InputError(f"expm_method must be 'taylor' or 'torch', got {expm_method!r}")
+        self.expm_method = expm_method
         if min(dim, hidden, observables, k) < 1:
             raise InputError("KoopmanAE needs positive dim, hidden, observables and k")
         self.dim, self.hidden, self.observables, self.k = dim, hidden, observables, k
@@ -81,7 +144,7 @@ class KoopmanAE(nn.Module):
 
     def operator(self, s: float | None = None) -> torch.Tensor:
         """exp(sG/k) (``s=None``: the whole map exp(G))."""
-        return operator_power(self.generator, self.k if s is None else s, self.k)
+        return operator_power(self.generator, self.k if s is None else s, self.k, self.expm_method)
 
     def advance(self, z: torch.Tensor, s: float | None = None) -> torch.Tensor:
         """exp(sG/k) applied to observables given as rows."""
@@ -118,4 +181,10 @@ class KoopmanAE(nn.Module):
         return torch.stack([self.decode(o.to(dev)).cpu() for o in obs])
 
     def get_config(self) -> dict:
-        return {"dim": self.dim, "hidden": self.hidden, "observables": self.observables, "k": self.k}
+        return {
+            "dim": self.dim,
+            "hidden": self.hidden,
+            "observables": self.observables,
+            "k": self.k,
+            "expm_method": self.expm_method,
+        }

@@ -17,9 +17,12 @@ from koopmanlens.kae.losses import isometry_loss, linear_loss, reconstruction_lo
 from koopmanlens.kae.model import KoopmanAE
 from koopmanlens.training import (
     check_finite_losses,
+    epoch_delay,
+    load_checkpoint,
     make_generator,
     progress_bar,
     resolve_device,
+    save_checkpoint,
     seeded,
     torch_threads,
     triangular_lr,
@@ -52,6 +55,7 @@ class KAEConfig:
     isometry_rows: int | None = 256
     select_best: bool = True
     threads: int | None = 1
+    expm_method: str = "taylor"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -165,6 +169,9 @@ def train_kae(
     log_path: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
     **overrides: object,
 ) -> KoopmanAE:
     """Fit a KAE that maps preprocessed x_i to preprocessed x_j.
@@ -177,6 +184,9 @@ def train_kae(
             the best epoch is kept.
         log_path: where to write one JSON line per epoch (loss terms, lr, validation loss).
         device: ``"cpu"`` or ``"cuda"``.
+        checkpoint: path stem of a checkpoint (``.safetensors`` + ``.json``) written every
+            ``checkpoint_every`` epochs and at the end; with ``resume`` training continues from it
+            and gives the same model as an uninterrupted run (CPU).
 
     Returns:
         The model in eval mode, on CPU, with ``history_`` (list of per-epoch dicts),
@@ -199,7 +209,9 @@ def train_kae(
     try:
         with torch_threads(cfg.threads if dev.type == "cpu" else None):
             with seeded(seed):
-                model = KoopmanAE(x_i.shape[1], cfg.hidden, cfg.observables, cfg.k)
+                model = KoopmanAE(
+                    x_i.shape[1], cfg.hidden, cfg.observables, cfg.k, expm_method=cfg.expm_method
+                )
             model.to(dev).train()
             decay = [p for n_, p in model.named_parameters() if n_.endswith("weight")]
             rest = [p for n_, p in model.named_parameters() if not n_.endswith("weight")]
@@ -214,11 +226,34 @@ def train_kae(
             bs = min(cfg.batch_size, n)
             steps_per_epoch = max(1, n // bs)  # drop the ragged last batch
             total = cfg.epochs * steps_per_epoch
-            step = 0
-            best = (float("inf"), None, -1)
+            step, first_epoch = 0, 0
+            best: tuple[float, dict | None, int] = (float("inf"), None, -1)
+            if checkpoint is not None and resume:
+                restored = load_checkpoint(checkpoint, model, opt, gen)
+                if restored is not None:
+                    meta, extras = restored
+                    step, first_epoch = int(meta["step"]), int(meta["epoch"]) + 1
+                    history = list(meta.get("history", []))
+                    if meta.get("best_epoch", -1) >= 0:
+                        best_state = {k[5:]: v.to(dev) for k, v in extras.items() if k.startswith("best.")}
+                        best = (float(meta["best_val"]), best_state, int(meta["best_epoch"]))
+                    if log is not None:
+                        log.writelines(json.dumps(r) + "\n" for r in history)
+
+            def save(epoch: int) -> None:
+                extra = {
+                    "history": history,
+                    "best_val": best[0] if best[1] is not None else None,
+                    "best_epoch": best[2],
+                    "seed": seed,
+                    "config": cfg.to_dict(),
+                }
+                extra_t = {f"best.{k}": v for k, v in (best[1] or {}).items()}
+                save_checkpoint(checkpoint, model, opt, gen, epoch, step, extra, extra_t)
+
             with progress_bar(progress) as bar:
-                task = bar.add_task(f"KAE seed {seed}", total=cfg.epochs, info="")
-                for epoch in range(cfg.epochs):
+                task = bar.add_task(f"KAE seed {seed}", total=cfg.epochs, completed=first_epoch, info="")
+                for epoch in range(first_epoch, cfg.epochs):
                     order = torch.randperm(n, generator=gen).to(dev)
                     sums = dict.fromkeys(LOSS_TERMS, 0.0)
                     acc = torch.zeros(len(LOSS_TERMS) + 1, device=dev)
@@ -256,6 +291,11 @@ def train_kae(
                     if "val_state" in row:
                         info += f" val {row['val_state']:.4f}"
                     bar.update(task, advance=1, info=info)
+                    if checkpoint is not None and (
+                        (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1
+                    ):
+                        save(epoch)
+                    epoch_delay()
             if best[1] is not None:
                 model.load_state_dict(best[1])
     finally:

@@ -1,0 +1,83 @@
+"""Atomic, pickle-free file I/O: safetensors for tensors, JSON for everything else.
+
+Every write goes to a temporary file in the destination folder, is flushed and fsynced, then renamed
+onto the final name, so a crash (or a full disk) never leaves a half-written file under a final name.
+Reads raise :class:`~koopmanlens.errors.ArtifactError` for missing or corrupt files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from koopmanlens.errors import ArtifactError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ArtifactError(f"cannot write {path}: {exc}") from exc
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    """Atomically write ``obj`` as indented JSON (NaN is written as null)."""
+    text = json.dumps(_clean(obj), indent=2, sort_keys=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _clean(obj: object) -> object:
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object, with :class:`ArtifactError` for a missing or malformed file."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"missing artifact file {path}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"corrupt JSON in {path}: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{path} should hold a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    """Atomically write tensors as safetensors (contiguous CPU copies)."""
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(clean, metadata={k: str(v) for k, v in (meta or {}).items()}))
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; :class:`ArtifactError` when missing or corrupt. Never unpickles."""
+    path = Path(path)
+    try:
+        return st_load(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"missing artifact file {path}") from exc
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"corrupt safetensors file {path}: {exc}") from exc
