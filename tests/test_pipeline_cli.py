@@ -15,7 +15,18 @@ runner = CliRunner()
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("yy") / "run"
     res = runner.invoke(
-        app, ["reproduce", "yinyang", "--quick", "--seeds", "2", "--out", str(out), "--no-progress"]
+        app,
+        [
+            "reproduce",
+            "yinyang",
+            "--quick",
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-report",
+        ],
     )
     assert res.exit_code == 0, res.output
     return out
@@ -82,6 +93,7 @@ def test_reproduce_mnist_small(tmp_path, mnist_dir):
             "--out",
             str(out),
             "--no-progress",
+            "--no-report",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -107,6 +119,7 @@ def test_reproduce_mnist_missing_data(tmp_path, monkeypatch):
             "--out",
             str(tmp_path / "o"),
             "--no-progress",
+            "--no-report",
         ],
     )
     assert res.exit_code == 2 and "train-images-idx3-ubyte" in res.output

@@ -46,6 +46,7 @@ def _cli(out: Path, *extra: str, env: dict | None = None, wait: bool = True):
         "--out",
         str(out),
         "--no-progress",
+        "--no-report",
         "--checkpoint-every",
         "5",
         *extra,
@@ -142,7 +143,18 @@ def test_full_disk_is_a_clear_error_and_no_complete_run(tmp_path, monkeypatch):
     monkeypatch.setattr(kio.os, "fsync", no_space)
     out = tmp_path / "run"
     res = runner.invoke(
-        app, ["reproduce", "yinyang", "--quick", "--seeds", "1", "--out", str(out), "--no-progress"]
+        app,
+        [
+            "reproduce",
+            "yinyang",
+            "--quick",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-report",
+        ],
     )
     assert res.exit_code == 2
     assert "No space left" in res.output

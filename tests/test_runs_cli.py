@@ -120,7 +120,18 @@ def test_prepare_run_dir_refuses_existing(saved_run, tmp_path):
 def test_cli_reproduce_quick_and_show(tmp_path):
     out = tmp_path / "yy"
     res = runner.invoke(
-        app, ["reproduce", "yinyang", "--quick", "--seeds", "2", "--out", str(out), "--no-progress"]
+        app,
+        [
+            "reproduce",
+            "yinyang",
+            "--quick",
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-report",
+        ],
     )
     assert res.exit_code == 0, res.output
     assert "KAE top-1" in res.output
@@ -139,7 +150,18 @@ def test_cli_reproduce_quick_and_show(tmp_path):
     assert res.exit_code == 0 and "yinyang" in res.output
     # refuses to overwrite without the flag
     res = runner.invoke(
-        app, ["reproduce", "yinyang", "--quick", "--seeds", "1", "--out", str(out), "--no-progress"]
+        app,
+        [
+            "reproduce",
+            "yinyang",
+            "--quick",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-report",
+        ],
     )
     assert res.exit_code == 2 and "--overwrite" in res.output
     # loads back into objects

@@ -70,6 +70,7 @@ def reproduce(
     subset: int | None = typer.Option(None, "--subset", help="MNIST: first N training images only."),
     width: int | None = typer.Option(None, "--width", help="MNIST: a narrower subject network."),
     epochs: int | None = typer.Option(None, "--epochs", help="MNIST: cap subject and KAE epochs."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write figures and report.html."),
 ) -> None:
     """Reproduce the paper's surrogate results (Table 1) on the held-out test split."""
     from koopmanlens import pipeline
@@ -87,6 +88,7 @@ def reproduce(
                 preset=preset or "default",
                 resume=resume,
                 checkpoint_every=checkpoint_every,
+                report=report,
             )
         else:
             metrics = pipeline.reproduce_mnist(
@@ -102,6 +104,7 @@ def reproduce(
                 kae_epochs=epochs,
                 resume=resume,
                 checkpoint_every=checkpoint_every,
+                report=report,
             )
     except KoopmanLensError as exc:
         _fail(exc)
@@ -138,6 +141,9 @@ def edit(
     forget: int = typer.Option(..., "--forget", help="The class to unlearn."),
     into: int | None = typer.Option(None, "--into", help="Send it to this class (default: nearest)."),
     method: str = typer.Option("memit", "--method", help="memit | emmet-kmeans | emmet"),
+    max_target_accuracy: float = typer.Option(
+        0.01, "--max-target-accuracy", help="memit: largest lam leaving at most this on the training class."
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
 ) -> None:
     """Unlearn a class by editing every seed's operator; print before/after and store the edits."""
@@ -153,7 +159,9 @@ def edit(
             table.add_column(col, justify="right")
         for seed in run.seeds:
             sur = run.surrogate(seed)
-            ed = editing.unlearn_class(sur, train, forget, into=into, method=method)
+            ed = editing.unlearn_class(
+                sur, train, forget, into=into, method=method, max_target_accuracy=max_target_accuracy
+            )
             r = editing.evaluate_edit(sur, ed, test)
             ed.save(run_dir / "edits" / f"forget-{forget}-into-{ed.into}-seed-{seed}")
             table.add_row(
@@ -193,6 +201,37 @@ def topology(
     except KoopmanLensError as exc:
         _fail(exc)
     console.print(topology_table(metrics))
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
+) -> None:
+    """(Re)generate the figures and the self-contained report.html of a saved run."""
+    from koopmanlens import pipeline
+    from koopmanlens.report import write_report
+
+    try:
+        if not (run_dir / "views.safetensors").exists():
+            run, train, test = _load(run_dir, data_dir)
+            edits = run.metrics.get("editing", {}).get("per_class", [])
+            pipeline.write_views(
+                run_dir,
+                run.network,
+                run.surrogate(),
+                train,
+                test,
+                forget=edits[0]["forget"] if edits else None,
+            )
+        else:
+            from koopmanlens.runs import read_run_info
+
+            read_run_info(run_dir)
+        path = write_report(run_dir)
+    except KoopmanLensError as exc:
+        _fail(exc)
+    console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB); figures in {run_dir / 'figures'}")
 
 
 def main() -> None:

@@ -71,13 +71,41 @@ def _cond(A: torch.Tensor) -> float:
     return float(torch.linalg.cond(A)) if A.numel() else 0.0
 
 
+@dataclass(frozen=True)
+class KeyStats:
+    """Second-moment statistics of preserved keys: ``gram`` = K_0 K_0^T (d x d) and the key count
+    ``n``. Everything the edits need from K_0, so they can be precomputed once per operator (as
+    MEMIT precomputes its "mom2" statistics) instead of once per edit."""
+
+    gram: torch.Tensor
+    n: int
+
+    @classmethod
+    def of(cls, keys: torch.Tensor) -> KeyStats:
+        """Statistics of keys given as columns (d x N)."""
+        keys = _f64(keys, "preserved keys")
+        return cls(keys @ keys.T, int(keys.shape[1]))
+
+
+def _stats(K_0: torch.Tensor | KeyStats | None, d: int) -> KeyStats | None:
+    if K_0 is None:
+        return None
+    stats = K_0 if isinstance(K_0, KeyStats) else KeyStats.of(K_0)
+    if stats.gram.shape != (d, d):
+        raise InputError(
+            f"preserved keys have dimension {stats.gram.shape[0]}, but W takes keys of dimension {d}"
+        )
+    return stats
+
+
 def preservation_covariance(
-    K_0: torch.Tensor | None, d: int, lambda_mom2: float, lambda_norm: float
+    K_0: torch.Tensor | KeyStats | None, d: int, lambda_mom2: float, lambda_norm: float
 ) -> torch.Tensor:
     """C_0 = lambda_mom2 K_0 K_0^T / N + lambda_norm I (METHOD section 8)."""
     C = lambda_norm * torch.eye(d, dtype=torch.float64)
-    if K_0 is not None and K_0.shape[1] > 0 and lambda_mom2 != 0:
-        C = C + lambda_mom2 * (K_0 @ K_0.T) / K_0.shape[1]
+    stats = _stats(K_0, d)
+    if stats is not None and stats.n > 0 and lambda_mom2 != 0:
+        C = C + lambda_mom2 * stats.gram.double() / stats.n
     return C
 
 
@@ -89,10 +117,14 @@ def _diagnostics(W, W_new, K_E, V_E, K_0, extra) -> dict:
         ),
         "n_edit_keys": int(K_E.shape[1]),
     }
-    if K_0 is not None and K_0.shape[1] > 0:
-        ref = torch.linalg.norm(W @ K_0)
-        out["preservation_error"] = float(torch.linalg.norm((W_new - W) @ K_0) / max(ref, 1e-30))
-        out["n_preserved_keys"] = int(K_0.shape[1])
+    stats = _stats(K_0, W.shape[1])
+    if stats is not None and stats.n > 0:
+        # ||(W' - W) K_0||_F / ||W K_0||_F from the Gram: ||A K_0||_F^2 = tr(A K_0 K_0^T A^T)
+        delta = W_new - W
+        num = float(torch.einsum("ij,jk,ik->", delta, stats.gram, delta).clamp_min(0)) ** 0.5
+        ref = float(torch.einsum("ij,jk,ik->", W, stats.gram, W).clamp_min(0)) ** 0.5
+        out["preservation_error"] = num / max(ref, 1e-30)
+        out["n_preserved_keys"] = stats.n
     out.update(extra)
     return out
 
@@ -101,7 +133,7 @@ def emmet(
     W: torch.Tensor,
     K_E: torch.Tensor,
     V_E: torch.Tensor,
-    K_0: torch.Tensor | None = None,
+    K_0: torch.Tensor | KeyStats | None = None,
     lambda_mom2: float = 1.0,
     lambda_norm: float = 0.0,
     lambda_emmet: float = 0.0,
@@ -118,8 +150,8 @@ def emmet(
         on K_0, condition numbers of C_0 and D).
     """
     W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
-    K_0 = None if K_0 is None else _f64(K_0, "preserved keys")
-    _check_shapes(W, K_E, V_E, K_0)
+    _check_shapes(W, K_E, V_E, None)
+    K_0 = _stats(K_0, W.shape[1])
     if min(lambda_mom2, lambda_norm, lambda_emmet) < 0:
         raise InputError("the lambdas must be non-negative")
     C0 = preservation_covariance(K_0, W.shape[1], lambda_mom2, lambda_norm)
@@ -137,7 +169,7 @@ def memit(
     W: torch.Tensor,
     K_E: torch.Tensor,
     V_E: torch.Tensor,
-    K_0: torch.Tensor | None = None,
+    K_0: torch.Tensor | KeyStats | None = None,
     lam: float = 1.0,
     lambda_norm: float = 1e-6,
 ) -> tuple[torch.Tensor, dict]:
@@ -148,8 +180,8 @@ def memit(
     more and memorises less, and its scale does not depend on how many keys there are.
     """
     W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
-    K_0 = None if K_0 is None else _f64(K_0, "preserved keys")
-    _check_shapes(W, K_E, V_E, K_0)
+    _check_shapes(W, K_E, V_E, None)
+    K_0 = _stats(K_0, W.shape[1])
     if lam < 0 or lambda_norm < 0:
         raise InputError("lam and lambda_norm must be non-negative")
     C0 = preservation_covariance(K_0, W.shape[1], 1.0, lambda_norm)
@@ -306,6 +338,7 @@ def unlearn_class(
     max_target_accuracy: float = 0.01,
     tune_samples: int = 500,
     observables: torch.Tensor | None = None,
+    stats: KeyStats | None = None,
 ) -> Edit:
     """Algorithm 1 (Appendix D): edit the operator so class ``forget`` is sent to another class.
 
@@ -320,7 +353,9 @@ def unlearn_class(
     split is never looked at), ``"emmet-kmeans"``
     (exact EMMET on ``n_keys`` k-means centroids of the keys, default min(p, 32)), ``"emmet"``
     (EMMET with every key and the ridges given, as the authors did).
-    ``observables``: phi(x_i) of ``train`` (rows), if already computed (:func:`class_observables`).
+    ``observables``: phi(x_i) of ``train`` (rows), if already computed (:func:`class_observables`);
+    ``stats``: their :class:`KeyStats` (``KeyStats.of(observables.T)``), if already computed: the
+    preserved keys' statistics are then the total minus the class's, so an edit costs O(p^2 B + p^3).
     ``Edit.seconds`` is the whole call; ``diagnostics["solve_seconds"]`` the closed-form solve alone.
     """
     if method not in METHODS:
@@ -346,7 +381,11 @@ def unlearn_class(
     if into is None:
         into = nearest_class(centroids, forget, present)
     K_E = z[y == forget].T
-    K_0 = z[y != forget].T
+    if stats is None:
+        stats = KeyStats.of(z.T)
+    if stats.gram.shape != (z.shape[1], z.shape[1]) or stats.n != len(z):
+        raise InputError("stats must be the KeyStats of the same observables")
+    K_0 = KeyStats(stats.gram - K_E @ K_E.T, stats.n - K_E.shape[1])
     p = W.shape[0]
     params: dict = {"seed": seed}
     if method == "memit":

@@ -127,9 +127,11 @@ def reproduce(
     subject_seed: int = 0,
     extra_info: dict | None = None,
     edit_classes: Sequence[int] = (),
+    edit_max_target_accuracy: float = 0.01,
     topology: bool = True,
     resume: bool = False,
     checkpoint_every: int = 50,
+    report: bool = True,
 ) -> dict:
     """Train the subject, fit ``seeds`` KAEs (seeds 0..N-1), evaluate on ``test``, save the run.
 
@@ -198,7 +200,17 @@ def reproduce(
     }
     if edit_classes:
         t2 = time.perf_counter()
-        metrics["editing"] = editing_block(network, layer_i, layer_j, pre, kaes, train, test, edit_classes)
+        metrics["editing"] = editing_block(
+            network,
+            layer_i,
+            layer_j,
+            pre,
+            kaes,
+            train,
+            test,
+            edit_classes,
+            max_target_accuracy=edit_max_target_accuracy,
+        )
         metrics["timing_s"]["editing"] = time.perf_counter() - t2
     if topology:
         t3 = time.perf_counter()
@@ -220,9 +232,39 @@ def reproduce(
         "class_names": list(test.class_names),
         **(extra_info or {}),
     }
+    if report:
+        first = min(kaes)
+        write_views(
+            out,
+            network,
+            Surrogate(network, layer_i, layer_j, pre, kaes[first]),
+            train,
+            test,
+            forget=edit_classes[0] if edit_classes else None,
+        )
     save_run(out, network, pre, kaes, metrics, info)
     shutil.rmtree(ckdir, ignore_errors=True)
+    if report:
+        from koopmanlens.report import write_report
+
+        write_report(out)
     return metrics
+
+
+def write_views(
+    run_dir: Path,
+    network: nn.Module,
+    surrogate: Surrogate,
+    train: Dataset,
+    test: Dataset,
+    forget: int | None = None,
+) -> None:
+    """Compute :func:`compute_views` and save ``views.safetensors`` + ``views.json`` in ``run_dir``."""
+    from koopmanlens.io import write_json, write_tensors
+
+    views, meta = compute_views(network, surrogate, train, test, forget=forget)
+    write_tensors(run_dir / "views.safetensors", views)
+    write_json(run_dir / "views.json", meta)
 
 
 def editing_block(
@@ -236,18 +278,29 @@ def editing_block(
     classes: Sequence[int],
     method: str = editing.DEFAULT_METHOD,
     progress: bool = False,
+    max_target_accuracy: float = 0.01,
 ) -> dict:
     """Table 1's edit columns: for each class, unlearn it with every seed's KAE and evaluate on
     ``test``; means and sds over the seeds (the ``editing`` key of metrics.json)."""
     rows = []
-    cache: dict[int, torch.Tensor] = {}
+    cache: dict[int, tuple[torch.Tensor, editing.KeyStats]] = {}
     for c in classes:
         results = []
         for seed, kae in sorted(kaes.items()):
             sur = Surrogate(network, layer_i, layer_j, pre, kae)
             if seed not in cache:
-                cache[seed] = editing.class_observables(sur, train)
-            edit = editing.unlearn_class(sur, train, c, method=method, observables=cache[seed])
+                z = editing.class_observables(sur, train)
+                cache[seed] = (z, editing.KeyStats.of(z.T))
+            z, stats = cache[seed]
+            edit = editing.unlearn_class(
+                sur,
+                train,
+                c,
+                method=method,
+                observables=z,
+                stats=stats,
+                max_target_accuracy=max_target_accuracy,
+            )
             results.append(editing.evaluate_edit(sur, edit, test))
         row: dict = {"forget": c, "into": results[0]["into"], "into_per_seed": [r["into"] for r in results]}
         for key in ("target_before", "target_after", "others_before", "others_after", "seconds"):
@@ -258,7 +311,87 @@ def editing_block(
         )["mean"]
         row["lam_per_seed"] = [r["diagnostics"].get("lam_auto", [{}])[-1].get("lam") for r in results]
         rows.append(row)
-    return {"method": method, "split": "test", "per_class": rows}
+    return {"method": method, "split": "test", "max_target_accuracy": max_target_accuracy, "per_class": rows}
+
+
+def aligned_layers(
+    network: nn.Module,
+    layers: Sequence[str],
+    train: Dataset,
+    data: Dataset,
+    q: int | None = None,
+    max_fit_points: int = 10000,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Every layer's representation of ``data`` preprocessed and aligned to the last layer (METHOD
+    section 4), fitted on up to ``max_fit_points`` training samples: all in the space of the last
+    layer's preprocessed states, where the KAE's decoded steps live too."""
+    g = torch.Generator().manual_seed(seed)
+    fit_idx = torch.randperm(len(train), generator=g)[:max_fit_points]
+    tr = capture(network, train.x[fit_idx], list(layers))
+    te = capture(network, data.x, list(layers))
+    last = layers[-1]
+    out = {}
+    for name in layers:
+        pre = PairPreprocessor(q).fit(tr[name], tr[last])
+        out[name] = pre.transform_i(te[name]) if name != last else pre.transform_j(te[name])
+    return out
+
+
+def compute_views(
+    network: nn.Module,
+    surrogate: Surrogate,
+    train: Dataset,
+    test: Dataset,
+    n_points: int = 2000,
+    max_steps: int = 20,
+    forget: int | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Low-dimensional views for the figures and the report (saved as ``views.safetensors``):
+    top-3 principal components, in one basis (the last layer's aligned test states), of every
+    layer, of the decoded KAE steps, and of the observables before/after unlearning ``forget``;
+    eigenvalues of G and exp(G)."""
+    g = torch.Generator().manual_seed(seed)
+    sub = test.subset(torch.randperm(len(test), generator=g)[:n_points])
+    layers = (
+        network.layer_names() if hasattr(network, "layer_names") else [surrogate.layer_i, surrogate.layer_j]
+    )
+    aligned = aligned_layers(network, layers, train, sub, surrogate.preprocessor.q, seed=seed)
+    ref = aligned[layers[-1]].double()
+    mean = ref.mean(0)
+    basis = torch.linalg.svd(ref - mean, full_matrices=False).Vh[:3].T
+    k = surrogate.kae.k
+    steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
+    states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps]).double()
+    views = {
+        "labels": sub.y.clone(),
+        "layers": torch.stack([(aligned[n].double() - mean) @ basis for n in layers]),
+        "steps": torch.stack([(st - mean) @ basis for st in states]),
+        "steps_index": torch.tensor(steps),
+    }
+    gen = surrogate.kae.generator.detach().double()
+    eg = torch.linalg.eigvals(gen)
+    ek = torch.linalg.eigvals(surrogate.kae.operator().detach().double())
+    views["eig_generator"] = torch.stack([eg.real, eg.imag], 1)
+    views["eig_operator"] = torch.stack([ek.real, ek.imag], 1)
+    meta: dict = {
+        "layers": list(layers),
+        "steps": steps,
+        "n_points": len(sub),
+        "class_names": list(test.class_names),
+    }
+    if forget is not None:
+        edit = editing.unlearn_class(surrogate, train, forget)
+        z = editing.class_observables(surrogate, sub)
+        before = z @ surrogate.current_operator().double().T
+        after = z @ edit.operator_after.T
+        m0 = before.mean(0)
+        b2 = torch.linalg.svd(before - m0, full_matrices=False).Vh[:3].T
+        views["edit_before"] = (before - m0) @ b2
+        views["edit_after"] = (after - m0) @ b2
+        meta["edit"] = {"forget": forget, "into": edit.into, "method": edit.method}
+    return {k_: v.contiguous() for k_, v in views.items()}, meta
 
 
 def topology_block(
@@ -285,14 +418,7 @@ def topology_block(
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(test), generator=g)[:max_points]
     sub = test.subset(idx)
-    last = layers[-1]
-    fit_idx = torch.randperm(len(train), generator=g)[:max_fit_points]
-    tr = capture(network, train.x[fit_idx], list(layers))
-    te = capture(network, sub.x, list(layers))
-    aligned = {}
-    for name in layers:
-        pre = PairPreprocessor().fit(tr[name], tr[last])
-        aligned[name] = pre.transform_i(te[name]) if name != last else pre.transform_j(te[name])
+    aligned = aligned_layers(network, layers, train, sub, surrogate.preprocessor.q, max_fit_points, seed)
     if eps is None:
         eps = topology.suggest_eps(aligned[layers[0]], eps_quantile)
     layer_b0 = [topology.betti0(aligned[n], eps) for n in layers]
@@ -372,6 +498,7 @@ def reproduce_yinyang(
     progress: bool = True,
     resume: bool = False,
     checkpoint_every: int = 50,
+    report: bool = True,
     preset: str = "default",
 ) -> dict:
     """The paper's Yin-Yang experiment (Table 1, columns 2-3) on the held-out test split."""
@@ -392,6 +519,7 @@ def reproduce_yinyang(
         edit_classes=(0, 1, 2),
         resume=resume,
         checkpoint_every=checkpoint_every,
+        report=report,
     )
 
 
@@ -447,6 +575,7 @@ def reproduce_mnist(
     progress: bool = True,
     resume: bool = False,
     checkpoint_every: int = 50,
+    report: bool = True,
     subset: int | None = None,
     width: int | None = None,
     kae_epochs: int | None = None,
@@ -479,6 +608,8 @@ def reproduce_mnist(
             "data_dir": None if data_dir is None else str(data_dir),
         },
         edit_classes=(1, 4, 7),
+        edit_max_target_accuracy=0.002,
         resume=resume,
         checkpoint_every=checkpoint_every,
+        report=report,
     )

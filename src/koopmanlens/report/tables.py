@@ -1,4 +1,4 @@
-"""Presentation of saved results: tables shaped like the paper's Table 1. Reads metrics, computes
+"""Tables shaped like the paper's Table 1 (rich). Reads metrics, computes
 nothing new."""
 
 from __future__ import annotations

@@ -1,0 +1,176 @@
+"""PNG figures of a run (matplotlib, headless): the paper's Figs. B1/B2 (layers), 3B (KAE steps),
+4 (observables before/after an edit), 2B/3A (Betti sequences), the operator's spectrum and the
+training curves. Each function takes saved results and writes one PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+CMAP = "tab10"
+
+
+def _scatter3d(ax, pts: np.ndarray, labels: np.ndarray, title: str, class_names: list[str]) -> None:
+    for c in np.unique(labels):
+        sel = labels == c
+        ax.scatter(
+            pts[sel, 0],
+            pts[sel, 1],
+            pts[sel, 2],
+            s=2,
+            alpha=0.6,
+            color=plt.get_cmap(CMAP)(int(c) % 10),
+            label=class_names[int(c)] if class_names else str(c),
+        )
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("PC1", fontsize=7)
+    ax.set_ylabel("PC2", fontsize=7)
+    ax.set_zlabel("PC3", fontsize=7)
+    ax.tick_params(labelsize=5)
+
+
+def _grid(
+    panels: list[tuple[np.ndarray, str]], labels: np.ndarray, class_names: list[str], title: str, path: Path
+) -> Path:
+    n = len(panels)
+    cols = min(n, 6)
+    rows = -(-n // cols)
+    fig = plt.figure(figsize=(3.0 * cols, 3.0 * rows + 0.6))
+    for i, (pts, t) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
+        _scatter3d(ax, pts, labels, t, class_names)
+    handles, names = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(10, len(names)), markerscale=4, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def layers_figure(views: dict, meta: dict, path: Path) -> Path:
+    """Figs. B1/B2: top-3 PCs of every layer, aligned to the last layer, one basis."""
+    lab = views["labels"].numpy()
+    panels = [(views["layers"][i].numpy(), name) for i, name in enumerate(meta["layers"])]
+    return _grid(
+        panels, lab, meta["class_names"], "Network layers (aligned to the last layer), top-3 PCs", path
+    )
+
+
+def steps_figure(views: dict, meta: dict, path: Path, max_panels: int = 6) -> Path:
+    """Fig. 3B: decoded KAE states at a few steps s, in the same basis as the layers."""
+    lab = views["labels"].numpy()
+    steps = meta["steps"]
+    pick = sorted({round(v) for v in np.linspace(0, len(steps) - 1, min(max_panels, len(steps)))})
+    panels = [(views["steps"][i].numpy(), f"KAE step s = {steps[i]}") for i in pick]
+    return _grid(panels, lab, meta["class_names"], "Decoded KAE steps, top-3 PCs", path)
+
+
+def edit_figure(views: dict, meta: dict, path: Path) -> Path | None:
+    """Fig. 4: observables K phi(x_i) before and after unlearning a class."""
+    if "edit_before" not in views:
+        return None
+    e = meta["edit"]
+    lab = views["labels"].numpy()
+    panels = [
+        (views["edit_before"].numpy(), "before the edit"),
+        (views["edit_after"].numpy(), f"after forgetting {e['forget']} (into {e['into']})"),
+    ]
+    return _grid(panels, lab, meta["class_names"], "Observable space before / after the edit", path)
+
+
+def spectrum_figure(views: dict, path: Path) -> Path:
+    """Eigenvalues of exp(G) on the complex plane with the unit circle, and of G."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    ek = views["eig_operator"].numpy()
+    eg = views["eig_generator"].numpy()
+    t = np.linspace(0, 2 * np.pi, 400)
+    axes[0].plot(np.cos(t), np.sin(t), "k--", lw=0.8, label="unit circle")
+    axes[0].scatter(ek[:, 0], ek[:, 1], s=12, color="C3", label="eigenvalues of exp(G)")
+    axes[0].set_aspect("equal")
+    axes[0].set_title("Koopman operator exp(G)")
+    axes[1].axvline(0, color="k", lw=0.8, ls="--", label="Re = 0")
+    axes[1].scatter(eg[:, 0], eg[:, 1], s=12, color="C0", label="eigenvalues of G")
+    axes[1].set_title("Generator G (growth / decay rates)")
+    for ax in axes:
+        ax.set_xlabel("real part")
+        ax.set_ylabel("imaginary part")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def training_figure(run_dir: Path, path: Path) -> Path | None:
+    """Each loss term per epoch, one line per seed (from ``kae/seed-*.log.jsonl``)."""
+    logs = sorted((run_dir / "kae").glob("seed-*.log.jsonl"))
+    if not logs:
+        return None
+    terms = ["recon", "linear", "state", "isometry", "val_state"]
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 3.2))
+    for log in logs:
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        seed = log.name.split(".")[0]
+        for ax, term in zip(axes, terms, strict=True):
+            ys = [r.get(term) for r in rows]
+            if any(y is not None for y in ys):
+                ax.plot([r["epoch"] for r in rows], ys, lw=1, label=seed)
+    for ax, term in zip(axes, terms, strict=True):
+        ax.set_title(term)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        if ax.lines:
+            ax.legend(fontsize=6)
+    fig.suptitle("KAE training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def topology_figure(metrics: dict, path: Path) -> Path | None:
+    """Figs. 3A: beta_0 along the layers and along the KAE steps at one eps."""
+    topo = metrics.get("topology")
+    if not topo:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    axes[0].plot(range(len(topo["layers"])), topo["layer_beta0"], "o-", color="k", label="network layers")
+    axes[0].set_xticks(range(len(topo["layers"])), topo["layers"], rotation=30, fontsize=7)
+    axes[0].set_xlabel("layer")
+    axes[0].set_title(f"beta_0 along the layers (eps = {topo['eps']:.3g})")
+    axes[1].plot(
+        topo["kae_steps"], topo["kae_beta0"], "o-", color="C3", label=f"KAE seed {topo.get('kae_seed', 0)}"
+    )
+    axes[1].set_xlabel("KAE step s")
+    axes[1].set_title("beta_0 along the KAE steps")
+    for ax in axes:
+        ax.set_ylabel("beta_0 (components)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_figures(run_dir: Path, views: dict | None, meta: dict | None, metrics: dict) -> dict[str, Path]:
+    """Every figure that the saved results allow, into ``run_dir/figures``."""
+    out = run_dir / "figures"
+    out.mkdir(exist_ok=True)
+    made: dict[str, Path | None] = {
+        "training": training_figure(run_dir, out / "training.png"),
+        "topology": topology_figure(metrics, out / "topology.png"),
+    }
+    if views is not None and meta is not None:
+        made["layers"] = layers_figure(views, meta, out / "layers.png")
+        made["steps"] = steps_figure(views, meta, out / "steps.png")
+        made["edit"] = edit_figure(views, meta, out / "edit.png")
+        made["spectrum"] = spectrum_figure(views, out / "spectrum.png")
+    return {k: v for k, v in made.items() if v is not None}
