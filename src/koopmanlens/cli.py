@@ -234,6 +234,92 @@ def report(
     console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB); figures in {run_dir / 'figures'}")
 
 
+@app.command("ablate-isometry")
+def ablate_isometry(
+    dataset: DatasetName = typer.Argument(DatasetName.yinyang, help="Only yinyang for now."),
+    out: Path = typer.Option(Path("runs/ablate-isometry"), "--out", help="Output folder."),
+    quick: bool = typer.Option(False, "--quick", help="A tiny setting for smoke tests."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Fig. 2: Betti curves of phi(x_j) for isometry weights 0, 1e-3, 1 against the original's."""
+    from rich.table import Table
+
+    from koopmanlens import pipeline
+
+    try:
+        if dataset is not DatasetName.yinyang:
+            raise KoopmanLensError("ablate-isometry supports yinyang only")
+        res = pipeline.ablate_isometry(out, quick=quick, overwrite=overwrite, progress=progress)
+    except KoopmanLensError as exc:
+        _fail(exc)
+    table = Table(
+        title=f"isometry ablation: Betti-curve distance to the original ({res['n_points']} test points)"
+    )
+    for col in ("isometry weight", "dist beta_0", "dist beta_1", "sum", "KAE top-1"):
+        table.add_column(col, justify="right")
+    for r in res["per_weight"]:
+        table.add_row(
+            f"{r['isometry_weight']:g}",
+            f"{r['distance_beta0']:.2f}",
+            f"{r['distance_beta1']:.2f}",
+            f"{r['distance_sum']:.2f}",
+            f"{100 * r['test_top1']:.2f}",
+        )
+    console.print(table)
+    console.print(f"closest to the original: isometry weight {res['closest_weight']:g}; results in {out}")
+
+
+@app.command()
+def spectrum(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
+    top: int = typer.Option(5, "--top", min=1, help="How many dominant modes to show."),
+) -> None:
+    """Eigenvalues of G and exp(G), growth/decay rates, dominant modes, class projections."""
+    from rich.table import Table
+
+    from koopmanlens import pipeline
+    from koopmanlens.runs import write_json
+
+    try:
+        run, train, _ = _load(run_dir, data_dir)
+        block = pipeline.spectrum_block(run, train, top=top)
+        metrics = dict(run.metrics)
+        metrics["spectrum"] = block
+        write_json(run_dir / "metrics.json", metrics)
+    except KoopmanLensError as exc:
+        _fail(exc)
+    for rep in block["per_seed"]:
+        table = Table(
+            title=f"seed {rep['seed']}: {rep['n_growing']} growing, {rep['n_decaying']} decaying, "
+            f"{rep['n_oscillating']} oscillating modes; spectral radius of exp(G) "
+            f"{rep['spectral_radius']:.4f}"
+        )
+        for col in (
+            "mode",
+            "Re lambda (growth)",
+            "Im lambda (rotation)",
+            "|exp(lambda)|",
+            "classes mostly in it",
+        ):
+            table.add_column(col, justify="right")
+        for m in rep["dominant_modes"]:
+            owners = [str(c) for c, d in enumerate(rep.get("class_dominant_mode", [])) if d == m["index"]]
+            table.add_row(
+                str(m["index"]),
+                f"{m['generator_eigenvalue'][0]:+.4f}",
+                f"{m['generator_eigenvalue'][1]:+.4f}",
+                f"{m['operator_modulus']:.4f}",
+                ", ".join(owners) or "-",
+            )
+        console.print(table)
+    console.print(
+        f"written to {run_dir / 'metrics.json'} (key 'spectrum'); "
+        f"plot: {run_dir / 'figures' / 'spectrum.png'}"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

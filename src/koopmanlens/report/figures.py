@@ -174,3 +174,27 @@ def write_figures(run_dir: Path, views: dict | None, meta: dict | None, metrics:
         made["edit"] = edit_figure(views, meta, out / "edit.png")
         made["spectrum"] = spectrum_figure(views, out / "spectrum.png")
     return {k: v for k, v in made.items() if v is not None}
+
+
+def ablation_figure(result: dict, path: Path) -> Path:
+    """Fig. 2B: beta_0 and beta_1 curves of the later layer, original vs observables per weight."""
+    grid = np.asarray(result["eps_grid"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for d, ax in enumerate(axes):
+        ax.plot(grid, result[f"original_beta{d}"], color="k", lw=2, label="original x_j")
+        for i, row in enumerate(result["per_weight"]):
+            ax.plot(
+                grid,
+                row[f"beta{d}_curve"],
+                lw=1.2,
+                color=f"C{i}",
+                label=f"phi(x_j), isometry {row['isometry_weight']:g} (dist {row[f'distance_beta{d}']:.1f})",
+            )
+        ax.set_xlabel("eps")
+        ax.set_ylabel(f"beta_{d}")
+        ax.set_title(f"beta_{d} curves, {result['layer']}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
