@@ -1,7 +1,18 @@
 """koopmanlens: Koopman autoencoders that model, watch and edit what a neural network does between
 two of its layers (Aswani and Jabari, "Koopman Autoencoders Learn Neural Representation Dynamics")."""
 
-from koopmanlens import capture, data, errors, kae, metrics, preprocessing, subject
+from koopmanlens import (
+    capture,
+    data,
+    editing,
+    errors,
+    kae,
+    metrics,
+    preprocessing,
+    spectrum,
+    subject,
+    topology,
+)
 from koopmanlens.errors import (
     ArtifactError,
     InputError,
@@ -27,11 +38,14 @@ __all__ = [
     "TrainingDivergedError",
     "capture",
     "data",
+    "editing",
     "errors",
     "kae",
     "load_run",
     "metrics",
     "preprocessing",
     "save_run",
+    "spectrum",
     "subject",
+    "topology",
 ]

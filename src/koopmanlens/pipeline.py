@@ -535,8 +535,9 @@ def mnist_settings(
     """Data, subject and KAE settings of ``reproduce mnist``.
 
     ``paper``: METHOD sections 2 and 5 (784-wide subject, 30 epochs; KAE 784 -> 1000 -> 800, k = 10,
-    100 epochs). ``fast``: a CPU preset: the subject for 8 epochs at batch 256, then every layer
-    projected to its top q = 128 principal axes and a KAE 128 -> 256 -> 160 for 40 epochs.
+    100 epochs). ``fast``: a CPU preset: the subject for 6 epochs at batch 256, then every layer
+    projected to its top q = 128 principal axes and a KAE 128 -> 256 -> 160 for 50 epochs with the
+    state loss weighted 10 (as our Yin-Yang default).
     ``subset`` keeps the first N training and N // 6 test images; ``width`` narrows the subject
     (both for smoke tests).
     """
@@ -560,8 +561,8 @@ def mnist_settings(
         "train": train,
         "test": test,
         "q": 128,
-        "subject": subject_config("mnist", epochs=8, batch_size=256, **over),
-        "kae": kae_config("mnist", hidden=256, observables=160, epochs=40),
+        "subject": subject_config("mnist", epochs=6, batch_size=256, **over),
+        "kae": kae_config("mnist", hidden=256, observables=160, epochs=50, weights=(1.0, 1.0, 10.0, 1e-3)),
     }
 
 
