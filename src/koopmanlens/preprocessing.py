@@ -22,7 +22,10 @@ from koopmanlens.errors import InputError
 
 
 def _as_2d_float64(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
-    t = torch.as_tensor(x)
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{what} must be a numeric array, got {type(x).__name__}: {exc}") from exc
     if t.ndim < 2:
         raise InputError(f"{what} must have shape (n_samples, n_features), got {tuple(t.shape)}")
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.uint8)):

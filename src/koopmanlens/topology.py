@@ -27,7 +27,10 @@ DEFAULT_MAX_BYTES = int(os.environ.get("KOOPMANLENS_TOPOLOGY_MAX_BYTES", 4 * 102
 
 
 def _points(points: torch.Tensor | np.ndarray, what: str = "points") -> torch.Tensor:
-    t = torch.as_tensor(points)
+    try:
+        t = torch.as_tensor(points)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{what} must be a numeric array, got {type(points).__name__}: {exc}") from exc
     if t.ndim != 2:
         raise InputError(f"{what} must be a 2-D array (n_points, n_dims), got shape {tuple(t.shape)}")
     if t.shape[0] < 2:
