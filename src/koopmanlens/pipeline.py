@@ -23,7 +23,7 @@ from koopmanlens.kae import KAEConfig, KoopmanAE, kae_config, train_kae
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.runs import prepare_run_dir, save_run
 from koopmanlens.subject import SubjectConfig, evaluate_classifier, subject_config, train_resmlp
-from koopmanlens.surrogate import Surrogate
+from koopmanlens.surrogate import Surrogate, aligned_layers
 
 
 def mean_sd(values: Sequence[float]) -> dict[str, float]:
@@ -312,30 +312,6 @@ def editing_block(
         row["lam_per_seed"] = [r["diagnostics"].get("lam_auto", [{}])[-1].get("lam") for r in results]
         rows.append(row)
     return {"method": method, "split": "test", "max_target_accuracy": max_target_accuracy, "per_class": rows}
-
-
-def aligned_layers(
-    network: nn.Module,
-    layers: Sequence[str],
-    train: Dataset,
-    data: Dataset,
-    q: int | None = None,
-    max_fit_points: int = 10000,
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """Every layer's representation of ``data`` preprocessed and aligned to the last layer (METHOD
-    section 4), fitted on up to ``max_fit_points`` training samples: all in the space of the last
-    layer's preprocessed states, where the KAE's decoded steps live too."""
-    g = torch.Generator().manual_seed(seed)
-    fit_idx = torch.randperm(len(train), generator=g)[:max_fit_points]
-    tr = capture(network, train.x[fit_idx], list(layers))
-    te = capture(network, data.x, list(layers))
-    last = layers[-1]
-    out = {}
-    for name in layers:
-        pre = PairPreprocessor(q).fit(tr[name], tr[last])
-        out[name] = pre.transform_i(te[name]) if name != last else pre.transform_j(te[name])
-    return out
 
 
 def compute_views(

@@ -29,6 +29,7 @@ from koopmanlens.training import (
 )
 
 LOSS_TERMS = ("recon", "linear", "state", "isometry")
+ALL_TERMS = (*LOSS_TERMS, "trajectory")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class KAEConfig:
     select_best: bool = True
     threads: int | None = 1
     expm_method: str = "taylor"
+    trajectory_weight: float = 1.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -113,11 +115,26 @@ def kae_config(preset: str | KAEConfig, **overrides: object) -> KAEConfig:
     return dataclasses.replace(base, **overrides)
 
 
+def trajectory_loss(
+    model: KoopmanAE, z_i: torch.Tensor, steps: list[int], targets: torch.Tensor
+) -> torch.Tensor:
+    """All-layer trajectory loss (paper section 5, first open question): the decoded state after
+    ``steps[l]`` steps, psi(exp(s_l G / k) phi(x_i)), should be layer l's (aligned) representation
+    ``targets[l]``; mean squared error averaged over the waypoints. ``targets``: (W, n, q)."""
+    preds = [model.decoder(z_i @ model.operator(s).T) for s in steps]
+    return torch.stack([state_loss(t, p) for t, p in zip(targets, preds, strict=True)]).mean()
+
+
 def kae_losses(
-    model: KoopmanAE, x_i: torch.Tensor, x_j: torch.Tensor, cfg: KAEConfig
+    model: KoopmanAE,
+    x_i: torch.Tensor,
+    x_j: torch.Tensor,
+    cfg: KAEConfig,
+    waypoints: tuple[list[int], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The four loss terms for one batch, with the operator exp(G) computed once and the encoder and
-    decoder each called once on the stacked rows."""
+    """The loss terms for one batch, with the operator exp(G) computed once and the encoder and
+    decoder each called once on the stacked rows; ``trajectory`` when ``waypoints`` (steps, targets
+    (W, n, q) for this batch) are given, else 0."""
     n = x_i.shape[0]
     op = model.operator()
     z = model.encoder(torch.cat([x_i, x_j]))
@@ -137,6 +154,10 @@ def kae_losses(
         )
     else:
         terms["isometry"] = torch.zeros((), device=x_i.device)
+    if waypoints is not None:
+        terms["trajectory"] = trajectory_loss(model, z_i, waypoints[0], waypoints[1])
+    else:
+        terms["trajectory"] = torch.zeros((), device=x_i.device)
     return terms
 
 
@@ -172,6 +193,7 @@ def train_kae(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 50,
     resume: bool = False,
+    waypoints: tuple[list[int], torch.Tensor] | None = None,
     **overrides: object,
 ) -> KoopmanAE:
     """Fit a KAE that maps preprocessed x_i to preprocessed x_j.
@@ -187,6 +209,9 @@ def train_kae(
         checkpoint: path stem of a checkpoint (``.safetensors`` + ``.json``) written every
             ``checkpoint_every`` epochs and at the end; with ``resume`` training continues from it
             and gives the same model as an uninterrupted run (CPU).
+        waypoints: (steps, targets) with targets (W, n, q) row-aligned with ``x_i``: train the
+            decoded state at step ``steps[l]`` towards ``targets[l]`` (all-layer trajectories),
+            weighted by ``trajectory_weight``.
 
     Returns:
         The model in eval mode, on CPU, with ``history_`` (list of per-epoch dicts),
@@ -221,6 +246,21 @@ def train_kae(
             )
             gen = make_generator(seed + 1)
             xi, xj = x_i.to(dev), x_j.to(dev)
+            wp_steps, wp_targets = (None, None)
+            if waypoints is not None:
+                wp_steps = [int(v) for v in waypoints[0]]
+                wp_targets = torch.as_tensor(waypoints[1]).float().to(dev)
+                if (
+                    wp_targets.ndim != 3
+                    or wp_targets.shape[1:] != xi.shape
+                    or len(wp_steps) != len(wp_targets)
+                ):
+                    raise InputError(
+                        f"waypoint targets must have shape ({len(wp_steps)}, {xi.shape[0]}, {xi.shape[1]}), "
+                        f"got {tuple(wp_targets.shape)}"
+                    )
+                if any(not 0 <= v <= cfg.k for v in wp_steps):
+                    raise InputError(f"waypoint steps must lie in [0, {cfg.k}], got {wp_steps}")
             vi, vj = (val[0].float().to(dev), val[1].float().to(dev)) if val is not None else (None, None)
             n = len(xi)
             bs = min(cfg.batch_size, n)
@@ -255,8 +295,7 @@ def train_kae(
                 task = bar.add_task(f"KAE seed {seed}", total=cfg.epochs, completed=first_epoch, info="")
                 for epoch in range(first_epoch, cfg.epochs):
                     order = torch.randperm(n, generator=gen).to(dev)
-                    sums = dict.fromkeys(LOSS_TERMS, 0.0)
-                    acc = torch.zeros(len(LOSS_TERMS) + 1, device=dev)
+                    acc = torch.zeros(len(ALL_TERMS) + 1, device=dev)
                     for b in range(steps_per_epoch):
                         idx = order[b * bs : (b + 1) * bs]
                         lr = (
@@ -266,15 +305,18 @@ def train_kae(
                         )
                         for group in opt.param_groups:
                             group["lr"] = lr
-                        terms = kae_losses(model, xi[idx], xj[idx], cfg)
+                        wp = None if wp_targets is None else (wp_steps, wp_targets[:, idx])
+                        terms = kae_losses(model, xi[idx], xj[idx], cfg, wp)
                         loss = sum(w * terms[t] for w, t in zip(cfg.weights, LOSS_TERMS, strict=True))
+                        if wp is not None:
+                            loss = loss + cfg.trajectory_weight * terms["trajectory"]
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
-                        acc += torch.stack([terms[t].detach() for t in LOSS_TERMS] + [loss.detach()])
+                        acc += torch.stack([terms[t].detach() for t in ALL_TERMS] + [loss.detach()])
                         step += 1
                     vals = (acc / steps_per_epoch).tolist()
-                    sums = dict(zip((*LOSS_TERMS, "total"), vals, strict=True))
+                    sums = dict(zip((*ALL_TERMS, "total"), vals, strict=True))
                     check_finite_losses(sums, epoch, lr)
                     row = {"epoch": epoch, "lr": lr, **sums}
                     if vi is not None:
