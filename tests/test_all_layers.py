@@ -50,3 +50,15 @@ def test_waypoints_bad_input():
         train_kae(x, x, progress=False, epochs=1, k=4, waypoints=([9], torch.randn(1, 64, 3)))
     with pytest.raises(InputError, match="three layers"):
         fit_through_layers(None, None, ["a", "b"])
+
+
+def test_aligned_layers_use_the_surrogates_space(tiny_surrogate, yy_small):
+    from koopmanlens.capture import capture
+    from koopmanlens.surrogate import aligned_layers
+
+    train, _, test = yy_small
+    sur = tiny_surrogate
+    layers = sur.network.layer_names()
+    al = aligned_layers(sur.network, layers, train, test, reference=sur.preprocessor, max_fit_points=100)
+    last = capture(sur.network, test.x, [layers[-1]])[layers[-1]]
+    assert torch.equal(al[layers[-1]], sur.preprocessor.transform_j(last))

@@ -129,3 +129,14 @@ def test_pair_round_trip_property(n, di, dj, seed):
     assert np.allclose(pre.inverse_transform_j(z_j).numpy(), x_j, atol=1e-8)
     z_i = pre.transform_i(torch.from_numpy(x_i))
     assert np.allclose(pre.inverse_transform_i(z_i).numpy(), x_i, atol=1e-8)
+
+
+def test_pair_with_shared_scaler_j_lands_in_one_space():
+    x_i, x_j = _data()
+    x_k, _ = _data(seed=7)
+    first = PairPreprocessor().fit(x_i, x_j)
+    second = PairPreprocessor().fit(x_k, x_j[: len(x_k)], scaler_j=first.scaler_j_)
+    assert second.scaler_j_ is first.scaler_j_
+    assert torch.equal(second.transform_j(x_j), first.transform_j(x_j))
+    # a layer aligned through the shared scaler is rotated onto the same x_j coordinates
+    assert torch.allclose(second.inverse_transform_j(second.transform_j(x_j)), x_j, atol=1e-10)

@@ -333,7 +333,9 @@ def compute_views(
     layers = (
         network.layer_names() if hasattr(network, "layer_names") else [surrogate.layer_i, surrogate.layer_j]
     )
-    aligned = aligned_layers(network, layers, train, sub, surrogate.preprocessor.q, seed=seed)
+    aligned = aligned_layers(
+        network, layers, train, sub, surrogate.preprocessor.q, seed=seed, reference=surrogate.preprocessor
+    )
     ref = aligned[layers[-1]].double()
     mean = ref.mean(0)
     basis = torch.linalg.svd(ref - mean, full_matrices=False).Vh[:3].T
@@ -394,7 +396,16 @@ def topology_block(
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(test), generator=g)[:max_points]
     sub = test.subset(idx)
-    aligned = aligned_layers(network, layers, train, sub, surrogate.preprocessor.q, max_fit_points, seed)
+    aligned = aligned_layers(
+        network,
+        layers,
+        train,
+        sub,
+        surrogate.preprocessor.q,
+        max_fit_points,
+        seed,
+        reference=surrogate.preprocessor,
+    )
     if eps is None:
         eps = topology.suggest_eps(aligned[layers[0]], eps_quantile)
     layer_b0 = [topology.betti0(aligned[n], eps) for n in layers]

@@ -142,7 +142,14 @@ class PairPreprocessor:
     def __init__(self, q: int | None = None) -> None:
         self.q = q
 
-    def fit(self, x_i: torch.Tensor | np.ndarray, x_j: torch.Tensor | np.ndarray) -> PairPreprocessor:
+    def fit(
+        self,
+        x_i: torch.Tensor | np.ndarray,
+        x_j: torch.Tensor | np.ndarray,
+        scaler_j: LayerScaler | None = None,
+    ) -> PairPreprocessor:
+        """Fit both scalers and the rotation. ``scaler_j``: an already fitted scaler for layer j to
+        reuse (e.g. another pair's), so that several layers are aligned into one common space."""
         a = _as_2d_float64(x_i, "x_i")
         b = _as_2d_float64(x_j, "x_j")
         if a.shape[0] != b.shape[0]:
@@ -153,7 +160,7 @@ class PairPreprocessor:
         qi = None if self.q is None else min(self.q, a.shape[1])
         qj = None if self.q is None else min(self.q, b.shape[1])
         self.scaler_i_ = LayerScaler(qi).fit(a)
-        self.scaler_j_ = LayerScaler(qj).fit(b)
+        self.scaler_j_ = LayerScaler(qj).fit(b) if scaler_j is None else scaler_j
         self.dim_ = max(self.scaler_i_.components_.shape[1], self.scaler_j_.components_.shape[1])
         za = self._pad(self.scaler_i_.transform(a))
         zb = self._pad(self.scaler_j_.transform(b))

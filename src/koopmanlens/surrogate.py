@@ -200,18 +200,21 @@ def aligned_layers(
     q: int | None = None,
     max_fit_points: int = 10000,
     seed: int = 0,
+    reference: PairPreprocessor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every layer's representation of ``data`` preprocessed and aligned to the last layer (METHOD
-    section 4), fitted on up to ``max_fit_points`` training samples: all in the space of the last
-    layer's preprocessed states, where the KAE's decoded steps live too."""
+    section 4), fitted on up to ``max_fit_points`` training samples. With ``reference`` (a
+    surrogate's preprocessor) the last layer is scaled by its ``scaler_j_``, so that every layer
+    lands exactly in the space where that KAE's decoded steps live."""
     g = torch.Generator().manual_seed(seed)
     fit_idx = torch.randperm(len(train), generator=g)[:max_fit_points]
     tr = capture(network, train.x[fit_idx], list(layers))
     te = capture(network, data.x, list(layers))
     last = layers[-1]
     out = {}
+    ref_scaler = None if reference is None else reference.scaler_j_
     for name in layers:
-        pre = PairPreprocessor(q).fit(tr[name], tr[last])
+        pre = PairPreprocessor(q).fit(tr[name], tr[last], scaler_j=ref_scaler)
         out[name] = pre.transform_i(te[name]) if name != last else pre.transform_j(te[name])
     return out
 
@@ -259,7 +262,8 @@ def fit_through_layers(
     z_i, z_j = pre.transform(reps[layer_i], reps[layer_j])
     targets = []
     for name in between:
-        targets.append(PairPreprocessor(q).fit(reps[name], reps[layer_j]).transform_i(reps[name]))
+        aligner = PairPreprocessor(q).fit(reps[name], reps[layer_j], scaler_j=pre.scaler_j_)
+        targets.append(aligner.transform_i(reps[name]))
     from koopmanlens.kae import kae_config
 
     cfg = kae_config(preset, **overrides)
@@ -281,7 +285,15 @@ def layer_fidelity(
     layers = list(layers)
     between = layers[1:-1]
     steps = waypoint_steps(len(between), surrogate.kae.k)
-    aligned = aligned_layers(surrogate.network, layers, train, test, surrogate.preprocessor.q, seed=seed)
+    aligned = aligned_layers(
+        surrogate.network,
+        layers,
+        train,
+        test,
+        surrogate.preprocessor.q,
+        seed=seed,
+        reference=surrogate.preprocessor,
+    )
     states = surrogate.trajectory(test.x, steps=[float(s) for s in steps])
     out = []
     for name, step, state in zip(between, steps, states, strict=True):
