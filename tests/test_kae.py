@@ -161,3 +161,16 @@ def test_operator_power_methods_agree():
     assert torch.allclose(operator_power(G, 3, 7, "taylor"), operator_power(G, 3, 7, "torch"), atol=1e-13)
     with pytest.raises(InputError):
         operator_power(G, 3, 7, "pade")
+
+
+def test_expm_taylor_non_normal_and_fewer_squarings():
+    from koopmanlens.kae.model import _taylor_alpha, expm_taylor
+
+    g = torch.Generator().manual_seed(3)
+    n = 80
+    # 1-norm far above the spectral radius (as in a trained generator): alpha must be much smaller
+    A = torch.randn(n, n, generator=g, dtype=torch.float64) / n**0.5
+    assert _taylor_alpha(A, 1.0) < 0.5 * float(torch.linalg.matrix_norm(A, ord=1))
+    for M in (A, 5 * A, torch.triu(torch.randn(n, n, generator=g, dtype=torch.float64), 1) * 4):
+        ref = torch.linalg.matrix_exp(M)
+        assert float((expm_taylor(M) - ref).abs().max() / ref.abs().max()) < 1e-11
