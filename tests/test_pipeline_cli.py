@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import quick_yinyang
 from typer.testing import CliRunner
 
 import koopmanlens as kl
@@ -14,20 +15,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("yy") / "run"
-    res = runner.invoke(
-        app,
-        [
-            "reproduce",
-            "yinyang",
-            "--quick",
-            "--seeds",
-            "2",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--no-report",
-        ],
-    )
+    res = quick_yinyang(out, 2)
     assert res.exit_code == 0, res.output
     return out
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import quick_yinyang
 from typer.testing import CliRunner
 
 import koopmanlens as kl
@@ -142,20 +143,7 @@ def test_full_disk_is_a_clear_error_and_no_complete_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(kio.os, "fsync", no_space)
     out = tmp_path / "run"
-    res = runner.invoke(
-        app,
-        [
-            "reproduce",
-            "yinyang",
-            "--quick",
-            "--seeds",
-            "1",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--no-report",
-        ],
-    )
+    res = quick_yinyang(out, 1)
     assert res.exit_code == 2
     assert "No space left" in res.output
     assert not (out / "run.json").exists()

@@ -8,6 +8,7 @@ import shutil
 import time
 
 import pytest
+from helpers import quick_yinyang
 from typer.testing import CliRunner
 
 from koopmanlens.cli import app
@@ -19,9 +20,7 @@ FIGURES = {"layers.png", "steps.png", "edit.png", "topology.png", "spectrum.png"
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("rep") / "run"
-    res = runner.invoke(
-        app, ["reproduce", "yinyang", "--quick", "--seeds", "2", "--out", str(out), "--no-progress"]
-    )
+    res = quick_yinyang(out, 2, report=True)
     assert res.exit_code == 0, res.output
     return out
 

@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+from helpers import quick_yinyang
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -119,20 +120,7 @@ def test_prepare_run_dir_refuses_existing(saved_run, tmp_path):
 
 def test_cli_reproduce_quick_and_show(tmp_path):
     out = tmp_path / "yy"
-    res = runner.invoke(
-        app,
-        [
-            "reproduce",
-            "yinyang",
-            "--quick",
-            "--seeds",
-            "2",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--no-report",
-        ],
-    )
+    res = quick_yinyang(out, 2)
     assert res.exit_code == 0, res.output
     assert "KAE top-1" in res.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -149,20 +137,7 @@ def test_cli_reproduce_quick_and_show(tmp_path):
     res = runner.invoke(app, ["show", str(out)])
     assert res.exit_code == 0 and "yinyang" in res.output
     # refuses to overwrite without the flag
-    res = runner.invoke(
-        app,
-        [
-            "reproduce",
-            "yinyang",
-            "--quick",
-            "--seeds",
-            "1",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--no-report",
-        ],
-    )
+    res = quick_yinyang(out, 1)
     assert res.exit_code == 2 and "--overwrite" in res.output
     # loads back into objects
     run = kl.load_run(out)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import quick_yinyang
 from typer.testing import CliRunner
 
 from koopmanlens.cli import app
@@ -42,20 +43,7 @@ def test_class_projection_onto_modes():
 
 def test_cli_spectrum(tmp_path):
     out = tmp_path / "run"
-    res = runner.invoke(
-        app,
-        [
-            "reproduce",
-            "yinyang",
-            "--quick",
-            "--seeds",
-            "1",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--no-report",
-        ],
-    )
+    res = quick_yinyang(out, 1)
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["spectrum", str(out)])
     assert res.exit_code == 0, res.output
