@@ -152,3 +152,10 @@ def test_cli_show_bad_folder(tmp_path):
 def test_cli_bad_dataset():
     res = runner.invoke(app, ["reproduce", "cifar"])
     assert res.exit_code != 0
+
+
+def test_cli_version():
+    import koopmanlens
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and koopmanlens.__version__ in res.output

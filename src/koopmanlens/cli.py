@@ -32,6 +32,24 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+def _version(value: bool) -> None:
+    if value:
+        from koopmanlens import __version__
+
+        console.print(f"koopmanlens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Model, watch and edit what a neural network does between two of its layers with Koopman
+    autoencoders."""
+
+
 def _fail(exc: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code=2)
