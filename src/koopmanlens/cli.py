@@ -165,35 +165,22 @@ def edit(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
 ) -> None:
     """Unlearn a class by editing every seed's operator; print before/after and store the edits."""
-    from rich.table import Table
-
     from koopmanlens import editing
-    from koopmanlens.report import pct
+    from koopmanlens.report.tables import edit_table
 
     try:
         run, train, test = _load(run_dir, data_dir)
-        table = Table(title=f"forget class {forget} ({method}), held-out test split")
-        for col in ("seed", "into", "target before", "target after", "others before", "others after", "ms"):
-            table.add_column(col, justify="right")
+        results = []
         for seed in run.seeds:
             sur = run.surrogate(seed)
             ed = editing.unlearn_class(
                 sur, train, forget, into=into, method=method, max_target_accuracy=max_target_accuracy
             )
-            r = editing.evaluate_edit(sur, ed, test)
             ed.save(run_dir / "edits" / f"forget-{forget}-into-{ed.into}-seed-{seed}")
-            table.add_row(
-                str(seed),
-                str(ed.into),
-                pct(r["target_before"]),
-                pct(r["target_after"]),
-                pct(r["others_before"]),
-                pct(r["others_after"]),
-                f"{1000 * ed.seconds:.1f}",
-            )
+            results.append({"seed": seed, **editing.evaluate_edit(sur, ed, test)})
     except KoopmanLensError as exc:
         _fail(exc)
-    console.print(table)
+    console.print(edit_table(results, forget, method))
     console.print(f"edits saved under {run_dir / 'edits'}")
 
 
@@ -261,9 +248,8 @@ def ablate_isometry(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Fig. 2: Betti curves of phi(x_j) for isometry weights 0, 1e-3, 1 against the original's."""
-    from rich.table import Table
-
     from koopmanlens import pipeline
+    from koopmanlens.report.tables import ablation_table
 
     try:
         if dataset is not DatasetName.yinyang:
@@ -271,20 +257,7 @@ def ablate_isometry(
         res = pipeline.ablate_isometry(out, quick=quick, overwrite=overwrite, progress=progress)
     except KoopmanLensError as exc:
         _fail(exc)
-    table = Table(
-        title=f"isometry ablation: Betti-curve distance to the original ({res['n_points']} test points)"
-    )
-    for col in ("isometry weight", "dist beta_0", "dist beta_1", "sum", "KAE top-1"):
-        table.add_column(col, justify="right")
-    for r in res["per_weight"]:
-        table.add_row(
-            f"{r['isometry_weight']:g}",
-            f"{r['distance_beta0']:.2f}",
-            f"{r['distance_beta1']:.2f}",
-            f"{r['distance_sum']:.2f}",
-            f"{100 * r['test_top1']:.2f}",
-        )
-    console.print(table)
+    console.print(ablation_table(res))
     console.print(f"closest to the original: isometry weight {res['closest_weight']:g}; results in {out}")
 
 
@@ -295,9 +268,8 @@ def spectrum(
     top: int = typer.Option(5, "--top", min=1, help="How many dominant modes to show."),
 ) -> None:
     """Eigenvalues of G and exp(G), growth/decay rates, dominant modes, class projections."""
-    from rich.table import Table
-
     from koopmanlens import pipeline
+    from koopmanlens.report.tables import spectrum_tables
     from koopmanlens.runs import write_json
 
     try:
@@ -308,29 +280,7 @@ def spectrum(
         write_json(run_dir / "metrics.json", metrics)
     except KoopmanLensError as exc:
         _fail(exc)
-    for rep in block["per_seed"]:
-        table = Table(
-            title=f"seed {rep['seed']}: {rep['n_growing']} growing, {rep['n_decaying']} decaying, "
-            f"{rep['n_oscillating']} oscillating modes; spectral radius of exp(G) "
-            f"{rep['spectral_radius']:.4f}"
-        )
-        for col in (
-            "mode",
-            "Re lambda (growth)",
-            "Im lambda (rotation)",
-            "|exp(lambda)|",
-            "classes mostly in it",
-        ):
-            table.add_column(col, justify="right")
-        for m in rep["dominant_modes"]:
-            owners = [str(c) for c, d in enumerate(rep.get("class_dominant_mode", [])) if d == m["index"]]
-            table.add_row(
-                str(m["index"]),
-                f"{m['generator_eigenvalue'][0]:+.4f}",
-                f"{m['generator_eigenvalue'][1]:+.4f}",
-                f"{m['operator_modulus']:.4f}",
-                ", ".join(owners) or "-",
-            )
+    for table in spectrum_tables(block):
         console.print(table)
     console.print(
         f"written to {run_dir / 'metrics.json'} (key 'spectrum'); "

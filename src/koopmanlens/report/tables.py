@@ -116,3 +116,69 @@ def topology_table(metrics: dict) -> Table | None:
         fmt(block.get("kae_spearman")),
     )
     return table
+
+
+def edit_table(results: list[dict], forget: int, method: str) -> Table:
+    """One row per seed of :func:`koopmanlens.editing.evaluate_edit` results (with ``seed``)."""
+    table = Table(title=f"forget class {forget} ({method}), held-out test split")
+    for col in ("seed", "into", "target before", "target after", "others before", "others after", "ms"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(
+            str(r["seed"]),
+            str(r["into"]),
+            pct(r["target_before"]),
+            pct(r["target_after"]),
+            pct(r["others_before"]),
+            pct(r["others_after"]),
+            f"{1000 * r['seconds']:.1f}",
+        )
+    return table
+
+
+def ablation_table(result: dict) -> Table:
+    """The isometry ablation: Betti-curve distances to the original per weight."""
+    table = Table(
+        title=f"isometry ablation: Betti-curve distance to the original ({result['n_points']} test points)"
+    )
+    for col in ("isometry weight", "dist beta_0", "dist beta_1", "sum", "KAE top-1"):
+        table.add_column(col, justify="right")
+    for r in result["per_weight"]:
+        table.add_row(
+            f"{r['isometry_weight']:g}",
+            f"{r['distance_beta0']:.2f}",
+            f"{r['distance_beta1']:.2f}",
+            f"{r['distance_sum']:.2f}",
+            pct(r["test_top1"]),
+        )
+    return table
+
+
+def spectrum_tables(block: dict) -> list[Table]:
+    """One table of dominant modes per seed of a ``spectrum`` block."""
+    tables = []
+    for rep in block["per_seed"]:
+        table = Table(
+            title=f"seed {rep['seed']}: {rep['n_growing']} growing, {rep['n_decaying']} decaying, "
+            f"{rep['n_oscillating']} oscillating modes; "
+            f"spectral radius of exp(G) {rep['spectral_radius']:.4f}"
+        )
+        for col in (
+            "mode",
+            "Re lambda (growth)",
+            "Im lambda (rotation)",
+            "|exp(lambda)|",
+            "classes mostly in it",
+        ):
+            table.add_column(col, justify="right")
+        for m in rep["dominant_modes"]:
+            owners = [str(c) for c, d in enumerate(rep.get("class_dominant_mode", [])) if d == m["index"]]
+            table.add_row(
+                str(m["index"]),
+                f"{m['generator_eigenvalue'][0]:+.4f}",
+                f"{m['generator_eigenvalue'][1]:+.4f}",
+                f"{m['operator_modulus']:.4f}",
+                ", ".join(owners) or "-",
+            )
+        tables.append(table)
+    return tables
