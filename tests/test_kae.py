@@ -10,6 +10,7 @@ from koopmanlens.errors import InputError, TrainingDivergedError
 from koopmanlens.kae import (
     KoopmanAE,
     isometry_loss,
+    kae_config,
     linear_loss,
     operator_power,
     reconstruction_loss,
@@ -156,6 +157,29 @@ def test_expm_taylor_gradient_matches_torch():
     assert torch.allclose(g1, g2, atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [0.05, 0.3, 1.0, 3.0, 1e7])
+def test_expm_taylor_float32_matches_float64(scale):
+    """float32 uses the larger theta (fewer squarings); its error must stay at float32 round-off."""
+    from koopmanlens.kae.model import expm_taylor
+
+    n = 200
+    G = torch.randn(n, n, generator=torch.Generator().manual_seed(4), dtype=torch.float64) / n**0.5 * scale
+    if scale > 1e6:  # huge but nilpotent: exercises the pre-scaling path without overflow
+        G = torch.triu(G, 1) / scale * 3
+        G[0, -1] = scale
+    ref = torch.linalg.matrix_exp(G)
+    got = expm_taylor(G.float()).double()
+    rel = float(torch.linalg.matrix_norm(got - ref, ord=1) / torch.linalg.matrix_norm(ref, ord=1))
+    assert rel < 2e-5 * max(1.0, scale if scale < 1e6 else 1.0)
+    assert expm_taylor(G.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_expm_taylor_propagates_non_finite():
+    from koopmanlens.kae.model import expm_taylor
+
+    assert torch.isnan(expm_taylor(torch.full((3, 3), float("inf")))).all()
+
+
 def test_operator_power_methods_agree():
     G = _gen()
     assert torch.allclose(operator_power(G, 3, 7, "taylor"), operator_power(G, 3, 7, "torch"), atol=1e-13)
@@ -164,13 +188,38 @@ def test_operator_power_methods_agree():
 
 
 def test_expm_taylor_non_normal_and_fewer_squarings():
-    from koopmanlens.kae.model import _taylor_alpha, expm_taylor
+    from koopmanlens.kae.model import expm_taylor, taylor_alpha
 
     g = torch.Generator().manual_seed(3)
     n = 80
     # 1-norm far above the spectral radius (as in a trained generator): alpha must be much smaller
     A = torch.randn(n, n, generator=g, dtype=torch.float64) / n**0.5
-    assert _taylor_alpha(A, 1.0) < 0.5 * float(torch.linalg.matrix_norm(A, ord=1))
+    assert taylor_alpha(A) < 0.5 * float(torch.linalg.matrix_norm(A, ord=1))
     for M in (A, 5 * A, torch.triu(torch.randn(n, n, generator=g, dtype=torch.float64), 1) * 4):
         ref = torch.linalg.matrix_exp(M)
         assert float((expm_taylor(M) - ref).abs().max() / ref.abs().max()) < 1e-11
+
+
+def test_precision_option_validated():
+    from koopmanlens.training import resolve_precision
+
+    with pytest.raises(InputError, match="precision"):
+        kae_config("yinyang", precision="fp8")
+    with pytest.raises(InputError, match="precision"):
+        resolve_precision("half", torch.device("cpu"))
+
+
+def test_bf16_mixed_precision_trains_with_float32_weights():
+    """bf16 autocast covers the encoder and decoder only: weights, operator and losses stay float32,
+    and the model still learns the linear map."""
+    x_i, x_j = _pairs()
+    kw = dict(progress=False, hidden=16, observables=8, k=4, epochs=30, batch_size=64)
+    m16 = train_kae(x_i, x_j, "yinyang", seed=0, precision="bf16", **kw)
+    m32 = train_kae(x_i, x_j, "yinyang", seed=0, **kw)
+    assert m16.precision_ == "bf16" and m32.precision_ == "float32"
+    assert all(p.dtype == torch.float32 for p in m16.parameters())
+    first, last = m16.history_[0]["state"], m16.history_[-1]["state"]
+    assert last < 0.3 * first
+    # the same run in float32 differs (bf16 rounding) but reaches a comparable loss
+    assert m16.history_[-1]["state"] != m32.history_[-1]["state"]
+    assert last < 3 * m32.history_[-1]["state"] + 1e-3

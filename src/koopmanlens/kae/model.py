@@ -7,34 +7,62 @@ from torch import nn
 
 from koopmanlens.errors import InputError
 
-#: Taylor degree and the norm bound up to which it is used unscaled (see :func:`expm_taylor`).
+#: Taylor degree of :func:`expm_taylor`.
 TAYLOR_DEGREE = 16
-TAYLOR_THETA = 1.0
+#: Largest alpha(A) for which the degree-16 Taylor polynomial has backward error below the unit
+#: round-off (Al-Mohy and Higham 2009/2011 bound, h_17(theta) / theta <= u, computed with mpmath:
+#: 0.780 for float64 (u = 2^-53), 2.478 for float32 (u = 2^-24)); rounded down.
+TAYLOR_THETA = {torch.float64: 0.78, torch.float32: 2.47}
 
 
-def expm_taylor(a: torch.Tensor, degree: int = TAYLOR_DEGREE, theta: float = TAYLOR_THETA) -> torch.Tensor:
+def expm_taylor(a: torch.Tensor, degree: int = TAYLOR_DEGREE, theta: float | None = None) -> torch.Tensor:
     """Matrix exponential by scaling and squaring of a Taylor polynomial, in plain matrix products.
 
     exp(A) = T(A / 2^s)^(2^s) with s the least integer such that alpha(A) / 2^s <= ``theta``; T is the
-    degree-16 Taylor polynomial evaluated by Paterson-Stockmeyer (powers X^2..X^4, then Horner in
+    degree-16 Taylor polynomial evaluated by Paterson-Stockmeyer (powers A^2..A^4, then Horner in
     X^4: 6 products). alpha(A) = min(||A||_1, max(||A^4||_1^(1/4), ||A^5||_1^(1/5))) bounds the
     Taylor tail as ||A||_1 does (Al-Mohy and Higham 2009, Theorem 4.2, p = 4, p(p-1) <= 17) but is
     much closer to the spectral radius for non-normal matrices, so a trained generator needs fewer
-    squarings. For alpha <= 1 the truncation error is below 1 / 17! < 3e-15, under float64 round-off.
+    squarings; alpha_3 = max(||A^3||^(1/3), ||A^4||^(1/4)) (p = 3) is used first, and A^5 is
+    formed only when it could lower s. The powers of A are computed once and serve both alpha and
+    the polynomial: the powers of X = A / 2^s are A^i / 2^(s i) (exact power-of-two scalings), so
+    alpha costs at most one extra product (A^5, without gradient). ``theta`` defaults by precision
+    (:data:`TAYLOR_THETA`): the backward error of T(X) is then below the unit round-off of ``a``'s
+    dtype, so float32 (training) needs fewer squarings than float64. Other dtypes are computed in
+    float32 and cast back.
     Autograd differentiates through the products, so the backward pass costs about
     twice the forward, instead of the exponential of a (2p x 2p) block matrix that
     ``torch.linalg.matrix_exp``'s backward computes (benchmarks/mnist.py measures both).
     """
     import math
 
+    if a.dtype not in TAYLOR_THETA:
+        return expm_taylor(a.float(), degree, theta).to(a.dtype)
+    if theta is None:
+        theta = TAYLOR_THETA[a.dtype]
     n = a.shape[-1]
-    alpha = _taylor_alpha(a.detach(), theta)
-    s = max(0, math.ceil(math.log2(alpha / theta))) if alpha > theta else 0
-    x = a / (2.0**s) if s else a
     eye = torch.eye(n, dtype=a.dtype, device=a.device)
-    powers = [eye, x]
+    norm = float(torch.linalg.matrix_norm(a.detach(), ord=1))
+    if not math.isfinite(norm):
+        return a * float("nan")  # propagate: the trainer reports the diverged loss term
+    if norm > 1e6:
+        # powers of a huge matrix could overflow: scale by the 1-norm first (alpha <= ||A||_1)
+        s0 = math.ceil(math.log2(norm / theta))
+        return _square(expm_taylor(a / 2.0**s0, degree, theta), s0)
+    powers = [eye, a]
     for _ in range(2, 5):
-        powers.append(powers[-1] @ x)
+        powers.append(powers[-1] @ a)
+    s = _squarings(norm, theta)
+    if s:
+        with torch.no_grad():
+            d3, d4 = (float(torch.linalg.matrix_norm(powers[i].detach(), ord=1)) ** (1 / i) for i in (3, 4))
+            # alpha_3 = max(d3, d4) is valid too (p = 3); A^5 is needed only when it could lower s
+            s = _squarings(min(norm, max(d3, d4)), theta)
+            if s > _squarings(d4, theta):
+                d5 = float(torch.linalg.matrix_norm(powers[4].detach() @ a.detach(), ord=1)) ** 0.2
+                s = min(s, _squarings(max(d4, d5), theta))
+    if s:
+        powers = [powers[0]] + [p / 2.0 ** (s * i) for i, p in enumerate(powers[1:], start=1)]
     coeffs = [1.0 / math.factorial(i) for i in range(degree + 1)]
     # T(X) = sum_j (X^4)^j B_j(X), B_j(X) = sum_{i<4} c_{4j+i} X^i, Horner over j
     blocks = []
@@ -48,23 +76,29 @@ def expm_taylor(a: torch.Tensor, degree: int = TAYLOR_DEGREE, theta: float = TAY
     result = blocks[-1]
     for b in reversed(blocks[:-1]):
         result = b + x4 @ result
+    return _square(result, s)
+
+
+def _squarings(alpha: float, theta: float) -> int:
+    """The least s >= 0 with alpha / 2^s <= theta."""
+    import math
+
+    return max(0, math.ceil(math.log2(alpha / theta))) if alpha > theta else 0
+
+
+def _square(m: torch.Tensor, s: int) -> torch.Tensor:
     for _ in range(s):
-        result = result @ result
-    return result
+        m = m @ m
+    return m
 
 
 @torch.no_grad()
-def _taylor_alpha(a: torch.Tensor, theta: float) -> float:
-    """alpha(A) of :func:`expm_taylor`: ||A||_1, tightened by ||A^4||_1^(1/4) and ||A^5||_1^(1/5)
-    when ||A||_1 exceeds ``theta`` (three extra products, no gradient)."""
+def taylor_alpha(a: torch.Tensor) -> float:
+    """alpha(A) of :func:`expm_taylor`: min(||A||_1, max(||A^4||_1^(1/4), ||A^5||_1^(1/5)))."""
     norm = float(torch.linalg.matrix_norm(a, ord=1))
-    if norm <= theta:
-        return norm
-    a2 = a @ a
-    a4 = a2 @ a2
-    a5 = a4 @ a
+    a4 = torch.linalg.matrix_power(a, 4)
     d4 = float(torch.linalg.matrix_norm(a4, ord=1)) ** 0.25
-    d5 = float(torch.linalg.matrix_norm(a5, ord=1)) ** 0.2
+    d5 = float(torch.linalg.matrix_norm(a4 @ a, ord=1)) ** 0.2
     return min(norm, max(d4, d5))
 
 
