@@ -8,11 +8,18 @@ steps after one warm-up, for:
 * ``authors_style``: the operator recomputed by ``torch.linalg.matrix_exp`` four times per step (the
   authors' code computes it for each loss term that uses it), backward through matrix_exp;
 * ``once_torch``: the operator computed once per step with ``torch.linalg.matrix_exp``;
-* ``once_taylor``: once per step with our Taylor scaling-and-squaring (matmul-only backward), the
-  default;
+* ``once_taylor_theta1``: once per step with our Taylor scaling-and-squaring (matmul-only backward)
+  scaled to alpha <= 1 whatever the dtype (the previous version's rule; its alpha also cost three
+  extra products where now at most one is formed);
+* ``once_taylor``: the default: the float32 bound alpha <= 2.47 (backward error below float32's
+  unit round-off), so fewer squarings;
+* ``once_taylor_bf16``: as ``once_taylor`` with the encoder and decoder under bfloat16 autocast
+  (``precision="bf16"``, experimental);
 
-each with torch's 2 threads and with 1. ``--run`` then runs ``reproduce mnist`` with that preset and one
-seed and records stage timings, optimiser steps per second and held-out accuracies.
+each with torch's 2 threads and with 1. The generator is random with alpha(G) about 8, as measured
+on trained paper-size generators (7.6 to 8.9); ``--alpha`` changes it. ``--run`` then runs
+``reproduce mnist`` with that preset and one seed and records stage timings, optimiser steps per
+second and held-out accuracies.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ import torch
 
 from koopmanlens.kae import KoopmanAE, kae_config
 from koopmanlens.kae.losses import isometry_loss, linear_loss, reconstruction_loss, state_loss
+from koopmanlens.kae.model import TAYLOR_THETA, taylor_alpha
 from koopmanlens.kae.trainer import kae_losses
+from koopmanlens.training import has_fast_bf16
 
 
 def authors_style_losses(model: KoopmanAE, x_i, x_j, cfg):
@@ -47,14 +56,22 @@ def authors_style_losses(model: KoopmanAE, x_i, x_j, cfg):
     return {"recon": rec, "linear": lin, "state": st, "isometry": iso}
 
 
-def time_steps(variant: str, threads: int, steps: int) -> dict:
+def time_steps(variant: str, threads: int, steps: int, alpha: float) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = kae_config("mnist", expm_method="torch" if variant != "once_taylor" else "taylor")
+    taylor = variant.startswith("once_taylor")
+    cfg = kae_config(
+        "mnist",
+        expm_method="taylor" if taylor else "torch",
+        precision="bf16" if variant == "once_taylor_bf16" else "float32",
+    )
     model = KoopmanAE(784, 1000, 800, 10, expm_method=cfg.expm_method)
     with torch.no_grad():
-        # like a trained generator: spectral norm about 2, 1-norm about 22 (seen in the paper-preset run)
         model.generator.normal_(0, 800**-0.5)
+        model.generator.mul_(alpha / taylor_alpha(model.generator.double()))
+    old_theta = TAYLOR_THETA[torch.float32]
+    if variant == "once_taylor_theta1":
+        TAYLOR_THETA[torch.float32] = 1.0
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x_i, x_j = torch.randn(512, 784), torch.randn(512, 784)
     fn = authors_style_losses if variant == "authors_style" else kae_losses
@@ -70,22 +87,35 @@ def time_steps(variant: str, threads: int, steps: int) -> dict:
         opt.step()
         if i:
             times.append(time.perf_counter() - t)
+    TAYLOR_THETA[torch.float32] = old_theta
     return {"variant": variant, "threads": threads, "median_s": statistics.median(times), "all_s": times}
+
+
+VARIANTS = ("authors_style", "once_torch", "once_taylor_theta1", "once_taylor", "once_taylor_bf16")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--alpha", type=float, default=8.0)
     ap.add_argument("--run", choices=["fast", "paper"], default=None)
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "mnist.json")
     args = ap.parse_args()
-    result: dict = {"step_timing": [], "machine": {"cpus": os.cpu_count(), "torch": torch.__version__}}
+    result: dict = {
+        "step_timing": [],
+        "alpha": args.alpha,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "fast_bf16": has_fast_bf16(torch.device("cpu")),
+        },
+    }
     for threads in (2, 1):
-        for variant in ("authors_style", "once_torch", "once_taylor"):
-            row = time_steps(variant, threads, args.steps)
+        for variant in VARIANTS:
+            row = time_steps(variant, threads, args.steps, args.alpha)
             result["step_timing"].append(row)
-            print(f"{variant:14s} threads={threads}: {row['median_s']:.3f} s/step", flush=True)
+            print(f"{variant:18s} threads={threads}: {row['median_s']:.3f} s/step", flush=True)
     base = {(r["variant"], r["threads"]): r["median_s"] for r in result["step_timing"]}
     result["speedup_vs_authors_style"] = {
         f"{v}@{t}": base[("authors_style", t)] / base[(v, t)] for (v, t) in base

@@ -101,6 +101,31 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+PRECISIONS = ("float32", "bf16")
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products are native (and so faster than float32) on ``device``:
+    CUDA with bf16 support, or a CPU with AVX512-BF16 or AMX tiles."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers moved: fall back to the safe choice
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"float32"`` or ``"bf16"`` (mixed: bfloat16 products in autocast, float32 weights and
+    losses). bf16 on a device without native bfloat16 products (:func:`has_fast_bf16`) is allowed
+    but slow."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     state = opt.state_dict()
