@@ -88,7 +88,10 @@ def fit_surrogates(
                 "agreement": ev["agreement"],
                 "test_per_class": ev["per_class"],
                 "best_epoch": model.best_epoch_,
-                "final_train_state_loss": model.history_[-1]["state"],
+                "final_train_state_loss": next(
+                    r["state"] for r in reversed(model.history_) if not r.get("rollback")
+                ),
+                "rollbacks": model.rollbacks_,
             }
         )
     block = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from koopmanlens.errors import InputError
+from koopmanlens.errors import InputError, TrainingDivergedError
 from koopmanlens.kae.losses import isometry_loss, linear_loss, reconstruction_loss, state_loss
 from koopmanlens.kae.model import KoopmanAE
 from koopmanlens.training import (
@@ -44,6 +44,11 @@ class KAEConfig:
     given. ``precision``: ``"float32"`` (default) or ``"bf16"`` (experimental: encoder and decoder
     products in bfloat16 under autocast; weights, the operator exp(G) and the losses in float32); the
     README's speed section gives its measured effect, including a collapse on full MNIST.
+    ``spike_factor``: divergence guard (METHOD section 9: a collapse need not produce NaN). When an
+    epoch's mean training state loss exceeds ``spike_factor`` times the lowest so far, the epoch is
+    undone (weights and optimizer state return to the end of the previous epoch) and the learning
+    rate is halved for the rest of training; after ``max_rollbacks`` such epochs training stops with
+    :class:`TrainingDivergedError`. ``None`` turns the guard off.
     """
 
     hidden: int = 30
@@ -63,6 +68,8 @@ class KAEConfig:
     expm_method: str = "taylor"
     trajectory_weight: float = 1.0
     precision: str = "float32"
+    spike_factor: float | None = 5.0
+    max_rollbacks: int = 4
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,6 +82,8 @@ class KAEConfig:
             raise InputError(f"isometry must be 'pairwise' or 'norm', got {self.isometry!r}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.spike_factor is not None and self.spike_factor <= 1:
+            raise InputError(f"spike_factor must be > 1 or None, got {self.spike_factor}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise InputError("epochs >= 1, batch_size >= 2 and lr > 0 are required")
 
@@ -172,6 +181,20 @@ def kae_losses(
     else:
         terms["trajectory"] = torch.zeros((), device=x_i.device)
     return terms
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if v != float("inf") else None
+
+
+def _snapshot(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Copies of the weights and the optimizer state (for the divergence guard's rollback)."""
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+
+def _restore(model: torch.nn.Module, opt: torch.optim.Optimizer, snap: tuple[dict, dict]) -> None:
+    model.load_state_dict(snap[0])
+    opt.load_state_dict(copy.deepcopy(snap[1]))
 
 
 def _check_pair(z_i: torch.Tensor, z_j: torch.Tensor, what: str) -> None:
@@ -281,12 +304,17 @@ def train_kae(
             total = cfg.epochs * steps_per_epoch
             step, first_epoch = 0, 0
             best: tuple[float, dict | None, int] = (float("inf"), None, -1)
+            guard = {"lr_scale": 1.0, "rollbacks": 0, "min_state": float("inf")}
             if checkpoint is not None and resume:
                 restored = load_checkpoint(checkpoint, model, opt, gen)
                 if restored is not None:
                     meta, extras = restored
                     step, first_epoch = int(meta["step"]), int(meta["epoch"]) + 1
                     history = list(meta.get("history", []))
+                    saved = meta.get("guard", {})
+                    guard.update(saved)
+                    if saved.get("min_state") is None:
+                        guard["min_state"] = float("inf")
                     if meta.get("best_epoch", -1) >= 0:
                         best_state = {k[5:]: v.to(dev) for k, v in extras.items() if k.startswith("best.")}
                         best = (float(meta["best_val"]), best_state, int(meta["best_epoch"]))
@@ -300,10 +328,13 @@ def train_kae(
                     "best_epoch": best[2],
                     "seed": seed,
                     "config": cfg.to_dict(),
+                    "guard": {**guard, "min_state": _finite_or_none(guard["min_state"])},
                 }
                 extra_t = {f"best.{k}": v for k, v in (best[1] or {}).items()}
                 save_checkpoint(checkpoint, model, opt, gen, epoch, step, extra, extra_t)
 
+            # the state at the end of the last accepted epoch, for the divergence guard
+            last_good = _snapshot(model, opt) if cfg.spike_factor is not None else None
             with progress_bar(progress) as bar:
                 task = bar.add_task(f"KAE seed {seed}", total=cfg.epochs, completed=first_epoch, info="")
                 for epoch in range(first_epoch, cfg.epochs):
@@ -311,7 +342,7 @@ def train_kae(
                     acc = torch.zeros(len(ALL_TERMS) + 1, device=dev)
                     for b in range(steps_per_epoch):
                         idx = order[b * bs : (b + 1) * bs]
-                        lr = (
+                        lr = guard["lr_scale"] * (
                             triangular_lr(step, total, cfg.lr, cfg.warmup_frac)
                             if cfg.schedule == "triangular"
                             else cfg.lr
@@ -332,6 +363,23 @@ def train_kae(
                     sums = dict(zip((*ALL_TERMS, "total"), vals, strict=True))
                     check_finite_losses(sums, epoch, lr)
                     row = {"epoch": epoch, "lr": lr, **sums}
+                    if last_good is not None and sums["state"] > cfg.spike_factor * guard["min_state"]:
+                        if guard["rollbacks"] >= cfg.max_rollbacks:
+                            raise TrainingDivergedError(
+                                f"the state loss jumped from {guard['min_state']:.4g} to "
+                                f"{sums['state']:.4g} at epoch {epoch} (learning rate {lr:.3g}) after "
+                                f"{guard['rollbacks']} rollbacks; lower the peak learning rate"
+                            )
+                        _restore(model, opt, last_good)
+                        guard["lr_scale"] *= 0.5
+                        guard["rollbacks"] += 1
+                        row["rollback"] = True
+                        history.append(row)
+                        if log is not None:
+                            log.write(json.dumps(row) + "\n")
+                        bar.update(task, advance=1, info=f"rolled back (state {sums['state']:.3g})")
+                        continue
+                    guard["min_state"] = min(guard["min_state"], sums["state"])
                     if vi is not None:
                         model.eval()
                         row["val_state"] = validation_state_loss(model, vi, vj)
@@ -350,6 +398,8 @@ def train_kae(
                         (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1
                     ):
                         save(epoch)
+                    if last_good is not None:
+                        last_good = _snapshot(model, opt)
                     epoch_delay()
             if best[1] is not None:
                 model.load_state_dict(best[1])
@@ -362,4 +412,5 @@ def train_kae(
     model.train_seconds_ = time.perf_counter() - start  # type: ignore[attr-defined]
     model.config_ = cfg  # type: ignore[attr-defined]
     model.precision_ = resolve_precision(cfg.precision, dev)  # type: ignore[attr-defined]
+    model.rollbacks_ = int(guard["rollbacks"])  # type: ignore[attr-defined]
     return model
