@@ -16,8 +16,9 @@ steps after one warm-up, for:
 * ``once_taylor_bf16``: as ``once_taylor`` with the encoder and decoder under bfloat16 autocast
   (``precision="bf16"``, experimental);
 
-each with torch's 2 threads and with 1. The generator is random with alpha(G) about 8, as measured
-on trained paper-size generators (7.6 to 8.9); ``--alpha`` changes it. ``--run`` then runs
+each with torch's 2 threads and with 1. The generator is random with alpha(G) = 8, the upper end of
+what trained paper-size generators showed (3.6 to 8.9; the full paper-preset run's final one 4.6);
+``--alpha`` changes it. ``--run`` then runs
 ``reproduce mnist`` with that preset and one seed and records stage timings, optimiser steps per
 second and held-out accuracies.
 """
