@@ -1,6 +1,6 @@
 """Benchmark: float32 against bf16 mixed precision for the paper-preset MNIST KAE, side by side.
 
-    python benchmarks/mnist_precision.py [--epochs 12] [--subject RUN_OR_CHECKPOINT] [--seeds 0]
+    python benchmarks/mnist_precision.py [--epochs 12] [--subject CHECKPOINT_STEM] [--seeds 0]
 
 Trains the paper-size KAE (784 -> 1000 -> 800, k = 10, batch 512) for ``--epochs`` epochs (the
 triangular schedule spans those epochs) once in each precision from the same seed and the same
