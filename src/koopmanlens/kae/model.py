@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -34,8 +36,6 @@ def expm_taylor(a: torch.Tensor, degree: int = TAYLOR_DEGREE, theta: float | Non
     twice the forward, instead of the exponential of a (2p x 2p) block matrix that
     ``torch.linalg.matrix_exp``'s backward computes (benchmarks/mnist.py measures both).
     """
-    import math
-
     if a.dtype not in TAYLOR_THETA:
         return expm_taylor(a.float(), degree, theta).to(a.dtype)
     if theta is None:
@@ -81,8 +81,6 @@ def expm_taylor(a: torch.Tensor, degree: int = TAYLOR_DEGREE, theta: float | Non
 
 def _squarings(alpha: float, theta: float) -> int:
     """The least s >= 0 with alpha / 2^s <= theta."""
-    import math
-
     return max(0, math.ceil(math.log2(alpha / theta))) if alpha > theta else 0
 
 

@@ -312,9 +312,8 @@ def train_kae(
                     meta, extras = restored
                     step, first_epoch = int(meta["step"]), int(meta["epoch"]) + 1
                     history = list(meta.get("history", []))
-                    saved = meta.get("guard", {})
-                    guard.update(saved)
-                    if saved.get("min_state") is None:
+                    guard.update(meta.get("guard", {}))
+                    if guard["min_state"] is None:  # saved as null before any epoch was accepted
                         guard["min_state"] = float("inf")
                     if meta.get("best_epoch", -1) >= 0:
                         best_state = {k[5:]: v.to(dev) for k, v in extras.items() if k.startswith("best.")}
