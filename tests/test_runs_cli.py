@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 import koopmanlens as kl
 from koopmanlens.cli import app
 from koopmanlens.errors import ArtifactError
-from koopmanlens.runs import load_run, prepare_run_dir, read_run_info, save_run
+from koopmanlens.rundir import open_new_run
+from koopmanlens.runs import load_run, read_run_info, save_run
 
 runner = CliRunner()
 
@@ -105,17 +106,19 @@ def test_malformed_json_and_incomplete_run(saved_run, tmp_path):
         read_run_info(run)
 
 
-def test_prepare_run_dir_refuses_existing(saved_run, tmp_path):
+def test_open_new_run_refuses_existing(saved_run, tmp_path):
     run = _copy(saved_run, tmp_path / "r")
-    with pytest.raises(ArtifactError, match="--overwrite"):
-        prepare_run_dir(run)
-    prepare_run_dir(run, overwrite=True)
-    assert not any(run.iterdir())
+    with pytest.raises(ArtifactError, match="--overwrite"), open_new_run(run):
+        pass
+    with open_new_run(run, overwrite=True) as (folder, _):
+        # only the lock and the new ownership marker are left
+        assert sorted(p.name for p in folder.iterdir()) == [".lock.json", "run.json"]
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(ArtifactError, match="already holds files"):
-        prepare_run_dir(other)
+    with pytest.raises(ArtifactError, match="not a koopmanlens run folder"), open_new_run(other):
+        pass
+    assert (other / "notes.txt").read_text() == "mine"
 
 
 def test_cli_reproduce_quick_and_show(tmp_path):

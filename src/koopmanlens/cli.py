@@ -132,11 +132,11 @@ def reproduce(
 @app.command()
 def show(run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`.")) -> None:
     """Print a saved run's results table."""
-    from koopmanlens.runs import read_json, read_run_info
+    from koopmanlens.runs import read_metrics, read_run_info
 
     try:
         read_run_info(run_dir)
-        metrics = read_json(run_dir / "metrics.json")
+        metrics = read_metrics(run_dir)
         _print_run(metrics, run_dir)
     except KoopmanLensError as exc:
         _fail(exc)
@@ -166,18 +166,27 @@ def edit(
 ) -> None:
     """Unlearn a class by editing every seed's operator; print before/after and store the edits."""
     from koopmanlens import editing
+    from koopmanlens.pipeline import refresh_report
     from koopmanlens.report.tables import edit_table
+    from koopmanlens.rundir import open_run_for_update
+    from koopmanlens.runs import update_metrics
 
     try:
-        run, train, test = _load(run_dir, data_dir)
-        results = []
-        for seed in run.seeds:
-            sur = run.surrogate(seed)
-            ed = editing.unlearn_class(
-                sur, train, forget, into=into, method=method, max_target_accuracy=max_target_accuracy
-            )
-            ed.save(run_dir / "edits" / f"forget-{forget}-into-{ed.into}-seed-{seed}")
-            results.append({"seed": seed, **editing.evaluate_edit(sur, ed, test)})
+        with open_run_for_update(run_dir, "edit"):
+            run, train, test = _load(run_dir, data_dir)
+            results = []
+            for seed in run.seeds:
+                sur = run.surrogate(seed)
+                ed = editing.unlearn_class(
+                    sur, train, forget, into=into, method=method, max_target_accuracy=max_target_accuracy
+                )
+                name = f"forget-{forget}-into-{ed.into}-{ed.method}"
+                ed.save(run_dir / "edits" / f"{name}-seed-{seed}")
+                results.append({"seed": seed, **editing.evaluate_edit(sur, ed, test)})
+            edits = dict(run.metrics.get("edits") or {})
+            edits[name] = {"forget": forget, "into": ed.into, "method": ed.method, "per_seed": results}
+            update_metrics(run_dir, {"edits": edits})
+            refresh_report(run_dir)
     except KoopmanLensError as exc:
         _fail(exc)
     console.print(edit_table(results, forget, method))
@@ -193,16 +202,17 @@ def topology(
     """beta_0 along the layers and the KAE steps; written into the run's metrics.json."""
     from koopmanlens import pipeline
     from koopmanlens.report import topology_table
-    from koopmanlens.runs import write_json
+    from koopmanlens.rundir import open_run_for_update
+    from koopmanlens.runs import update_metrics
 
     try:
-        run, train, test = _load(run_dir, data_dir)
-        block = pipeline.topology_block(
-            run.network, run.network.layer_names(), train, test, run.surrogate(), eps=eps
-        )
-        metrics = dict(run.metrics)
-        metrics["topology"] = block
-        write_json(run_dir / "metrics.json", metrics)
+        with open_run_for_update(run_dir, "topology"):
+            run, train, test = _load(run_dir, data_dir)
+            block = pipeline.topology_block(
+                run.network, run.network.layer_names(), train, test, run.surrogate(), eps=eps
+            )
+            metrics = update_metrics(run_dir, {"topology": block})
+            pipeline.refresh_report(run_dir)
     except KoopmanLensError as exc:
         _fail(exc)
     console.print(topology_table(metrics))
@@ -216,24 +226,25 @@ def report(
     """(Re)generate the figures and the self-contained report.html of a saved run."""
     from koopmanlens import pipeline
     from koopmanlens.report import write_report
+    from koopmanlens.rundir import open_run_for_update
+    from koopmanlens.runs import read_metrics, read_run_info
 
     try:
-        if not (run_dir / "views.safetensors").exists():
-            run, train, test = _load(run_dir, data_dir)
-            edits = run.metrics.get("editing", {}).get("per_class", [])
-            pipeline.write_views(
-                run_dir,
-                run.network,
-                run.surrogate(),
-                train,
-                test,
-                forget=edits[0]["forget"] if edits else None,
-            )
-        else:
-            from koopmanlens.runs import read_run_info
-
+        with open_run_for_update(run_dir, "report"):
             read_run_info(run_dir)
-        path = write_report(run_dir)
+            read_metrics(run_dir)
+            if not (run_dir / "views.safetensors").exists():
+                run, train, test = _load(run_dir, data_dir)
+                edits = (run.metrics.get("editing") or {}).get("per_class", [])
+                pipeline.write_views(
+                    run_dir,
+                    run.network,
+                    run.surrogate(),
+                    train,
+                    test,
+                    forget=edits[0]["forget"] if edits else None,
+                )
+            path = write_report(run_dir)
     except KoopmanLensError as exc:
         _fail(exc)
     console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB); figures in {run_dir / 'figures'}")
@@ -270,14 +281,15 @@ def spectrum(
     """Eigenvalues of G and exp(G), growth/decay rates, dominant modes, class projections."""
     from koopmanlens import pipeline
     from koopmanlens.report.tables import spectrum_tables
-    from koopmanlens.runs import write_json
+    from koopmanlens.rundir import open_run_for_update
+    from koopmanlens.runs import update_metrics
 
     try:
-        run, train, _ = _load(run_dir, data_dir)
-        block = pipeline.spectrum_block(run, train, top=top)
-        metrics = dict(run.metrics)
-        metrics["spectrum"] = block
-        write_json(run_dir / "metrics.json", metrics)
+        with open_run_for_update(run_dir, "spectrum"):
+            run, train, _ = _load(run_dir, data_dir)
+            block = pipeline.spectrum_block(run, train, top=top)
+            update_metrics(run_dir, {"spectrum": block})
+            pipeline.refresh_report(run_dir)
     except KoopmanLensError as exc:
         _fail(exc)
     for table in spectrum_tables(block):

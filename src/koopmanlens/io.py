@@ -7,6 +7,7 @@ Reads raise :class:`~koopmanlens.errors.ArtifactError` for missing or corrupt fi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -23,8 +24,14 @@ from koopmanlens.errors import ArtifactError
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync, then rename onto ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    for link in (path, path.parent):
+        if link.is_symlink():
+            raise ArtifactError(f"refusing to write {path}: {link} is a symbolic link")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ArtifactError(f"cannot write {path}: {exc}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -62,6 +69,8 @@ def read_json(path: str | Path) -> dict:
         raise ArtifactError(f"missing artifact file {path}") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"corrupt JSON in {path}: {exc}") from exc
+    except RecursionError:
+        raise ArtifactError(f"corrupt JSON in {path}: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path} should hold a JSON object, found {type(obj).__name__}")
     return obj
@@ -82,3 +91,17 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise ArtifactError(f"missing artifact file {path}") from exc
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"corrupt safetensors file {path}: {exc}") from exc
+
+
+def tensor_digest(*tensors: torch.Tensor | None) -> str:
+    """SHA-256 over the dtypes, shapes and bytes of ``tensors`` (``None`` counts as absent): the
+    fingerprint of a training set, so that a checkpoint is resumed only on the data it was made with."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none;")
+            continue
+        t = torch.as_tensor(t).detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

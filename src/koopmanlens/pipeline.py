@@ -21,7 +21,8 @@ from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.kae import KAEConfig, KoopmanAE, kae_config, train_kae
 from koopmanlens.preprocessing import PairPreprocessor
-from koopmanlens.runs import prepare_run_dir, save_run
+from koopmanlens.rundir import open_new_run
+from koopmanlens.runs import write_run_files
 from koopmanlens.subject import SubjectConfig, evaluate_classifier, subject_config, train_resmlp
 from koopmanlens.surrogate import Surrogate, aligned_layers
 
@@ -112,6 +113,48 @@ def _environment(device: str | None) -> dict:
     }
 
 
+def experiment_record(
+    dataset: str,
+    train: Dataset,
+    val: Dataset | None,
+    test: Dataset,
+    subject: SubjectConfig,
+    kae: KAEConfig,
+    seeds: int,
+    layer_i: str,
+    layer_j: str | None,
+    q: int | None,
+    subject_seed: int,
+    extra_info: dict | None,
+    edit_classes: Sequence[int],
+    edit_max_target_accuracy: float,
+) -> dict:
+    """What a run computes, stored in ``run.json`` and compared on ``--resume``: the data (sizes and a
+    digest of the training set), the subject and KAE configs, seeds, layers, edits."""
+    from koopmanlens.io import tensor_digest
+
+    extra = {k: v for k, v in (extra_info or {}).items() if k != "data_dir"}
+    return {
+        "dataset": dataset,
+        **extra,
+        "data": {
+            "n_train": len(train),
+            "n_val": None if val is None else len(val),
+            "n_test": len(test),
+            "train_sha256": tensor_digest(train.x, train.y),
+        },
+        "subject": subject.to_dict(),
+        "subject_seed": subject_seed,
+        "kae": kae.to_dict(),
+        "q": q,
+        "layer_i": layer_i,
+        "layer_j": layer_j,
+        "seeds": list(range(seeds)),
+        "edit_classes": list(edit_classes),
+        "edit_max_target_accuracy": edit_max_target_accuracy,
+    }
+
+
 def reproduce(
     dataset: str,
     train: Dataset,
@@ -138,76 +181,130 @@ def reproduce(
 ) -> dict:
     """Train the subject, fit ``seeds`` KAEs (seeds 0..N-1), evaluate on ``test``, save the run.
 
+    The run folder is held (:func:`koopmanlens.rundir.open_new_run`) from start to end: foreign
+    files are refused, a second writer fails fast, and ``resume`` continues only the same experiment.
     Returns the metrics dict that is also written to ``out/metrics.json``.
     """
     if seeds < 1:
         raise InputError(f"--seeds must be at least 1, got {seeds}")
-    out = prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    ckdir = out / "checkpoints"
-    t0 = time.perf_counter()
-    network = train_resmlp(
-        train,
-        subject,
-        seed=subject_seed,
-        device=device,
-        progress=progress,
-        checkpoint=ckdir / "subject",
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-    )
-    network.cpu()
-    t_subject = time.perf_counter() - t0
-    layer_j = layer_j or network.layer_names()[-1]
+    experiment = experiment_record(
+        dataset, train, val, test, subject, kae, seeds, layer_i, layer_j, q, subject_seed,
+        extra_info, edit_classes, edit_max_target_accuracy,
+    )  # fmt: skip
+    with open_new_run(out, experiment, overwrite=overwrite, resume=resume) as (out, run_id):
+        ckdir = out / "checkpoints"
+        t0 = time.perf_counter()
+        network = train_resmlp(
+            train,
+            subject,
+            seed=subject_seed,
+            device=device,
+            progress=progress,
+            checkpoint=ckdir / "subject",
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
+        network.cpu()
+        t_subject = time.perf_counter() - t0
+        layer_j = layer_j or network.layer_names()[-1]
+        t1 = time.perf_counter()
+        pre, kaes, kae_block, kae_seconds = fit_surrogates(
+            network,
+            train,
+            test,
+            layer_i,
+            layer_j,
+            kae,
+            range(seeds),
+            val=val,
+            q=q,
+            device=device,
+            progress=progress,
+            checkpoint_dir=ckdir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
+        t_kae = time.perf_counter() - t1
+        metrics = _base_metrics(
+            dataset, network, train, test, layer_i, layer_j, kae_block, experiment, device
+        )
+        metrics["timing_s"] = {"subject": t_subject, "kae": t_kae, "kae_per_seed": kae_seconds}
+        surrogate = Surrogate(network, layer_i, layer_j, pre, kaes[min(kaes)])
+        _analyses(
+            metrics, network, surrogate, kaes, train, test, edit_classes, edit_max_target_accuracy, topology
+        )
+        metrics["timing_s"]["total"] = time.perf_counter() - t0
+        info = {
+            "dataset": dataset,
+            "layer_i": layer_i,
+            "layer_j": layer_j,
+            "class_names": list(test.class_names),
+            **(extra_info or {}),
+        }
+        if report:
+            write_views(
+                out, network, surrogate, train, test, forget=edit_classes[0] if edit_classes else None
+            )
+        write_run_files(out, network, pre, kaes, metrics, info, run_id, experiment)
+        shutil.rmtree(ckdir, ignore_errors=True)
+        if report:
+            from koopmanlens.report import write_report
+
+            write_report(out)
+    return metrics
+
+
+def _base_metrics(
+    dataset: str,
+    network: nn.Module,
+    train: Dataset,
+    test: Dataset,
+    layer_i: str,
+    layer_j: str,
+    kae_block: dict,
+    experiment: dict,
+    device: str | None,
+) -> dict:
     subj_test = evaluate_classifier(network, test)
     subj_train = evaluate_classifier(network, train)
-    t1 = time.perf_counter()
-    pre, kaes, kae_block, kae_seconds = fit_surrogates(
-        network,
-        train,
-        test,
-        layer_i,
-        layer_j,
-        kae,
-        range(seeds),
-        val=val,
-        q=q,
-        device=device,
-        progress=progress,
-        checkpoint_dir=ckdir,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-    )
-    t_kae = time.perf_counter() - t1
-    metrics = {
+    return {
         "dataset": dataset,
         "split": "test",
         "n_test": len(test),
         "n_train": len(train),
         "layers": {"i": layer_i, "j": layer_j},
         "subject": {
-            "seed": subject_seed,
+            "seed": experiment["subject_seed"],
             "test_top1": subj_test["top1"],
             "test_macro": subj_test["macro"],
             "test_per_class": subj_test["per_class"],
             "train_top1": subj_train["top1"],
         },
         "kae": kae_block,
-        "config": {"subject": subject.to_dict(), "kae": kae.to_dict(), "q": q},
+        "config": {"subject": experiment["subject"], "kae": experiment["kae"], "q": experiment["q"]},
         "environment": _environment(device),
-        "timing_s": {
-            "subject": t_subject,
-            "kae": t_kae,
-            "kae_per_seed": kae_seconds,
-            "total": time.perf_counter() - t0,
-        },
     }
+
+
+def _analyses(
+    metrics: dict,
+    network: nn.Module,
+    surrogate: Surrogate,
+    kaes: dict[int, KoopmanAE],
+    train: Dataset,
+    test: Dataset,
+    edit_classes: Sequence[int],
+    edit_max_target_accuracy: float,
+    topology: bool,
+) -> None:
+    """The editing and topology blocks of ``metrics`` (in place), with their timings."""
     if edit_classes:
         t2 = time.perf_counter()
         metrics["editing"] = editing_block(
             network,
-            layer_i,
-            layer_j,
-            pre,
+            surrogate.layer_i,
+            surrogate.layer_j,
+            surrogate.preprocessor,
             kaes,
             train,
             test,
@@ -217,41 +314,19 @@ def reproduce(
         metrics["timing_s"]["editing"] = time.perf_counter() - t2
     if topology:
         t3 = time.perf_counter()
-        first = min(kaes)
-        metrics["topology"] = topology_block(
-            network,
-            network.layer_names(),
-            train,
-            test,
-            Surrogate(network, layer_i, layer_j, pre, kaes[first]),
-        )
-        metrics["topology"]["kae_seed"] = first
+        metrics["topology"] = topology_block(network, network.layer_names(), train, test, surrogate)
+        metrics["topology"]["kae_seed"] = min(kaes)
         metrics["timing_s"]["topology"] = time.perf_counter() - t3
-    metrics["timing_s"]["total"] = time.perf_counter() - t0
-    info = {
-        "dataset": dataset,
-        "layer_i": layer_i,
-        "layer_j": layer_j,
-        "class_names": list(test.class_names),
-        **(extra_info or {}),
-    }
-    if report:
-        first = min(kaes)
-        write_views(
-            out,
-            network,
-            Surrogate(network, layer_i, layer_j, pre, kaes[first]),
-            train,
-            test,
-            forget=edit_classes[0] if edit_classes else None,
-        )
-    save_run(out, network, pre, kaes, metrics, info)
-    shutil.rmtree(ckdir, ignore_errors=True)
-    if report:
-        from koopmanlens.report import write_report
 
-        write_report(out)
-    return metrics
+
+def refresh_report(run_dir: Path) -> Path | None:
+    """Rewrite the figures and ``report.html`` of a run that has one (after ``edit``, ``topology``,
+    ``spectrum`` added results); a run made with ``--no-report`` is left without."""
+    if not (Path(run_dir) / "report.html").exists():
+        return None
+    from koopmanlens.report import write_report
+
+    return write_report(run_dir)
 
 
 def write_views(
@@ -637,11 +712,33 @@ def ablate_isometry(
     """Fig. 2: train Yin-Yang KAEs with isometry weight in ``weights`` and compare the beta_0 and
     beta_1 curves of the later layer in observable space, phi(x_j), with those of x_j itself
     (preprocessed), on ``n_points`` test points over one eps grid read off x_j. The distance between
-    curves is the mean absolute difference (:func:`koopmanlens.topology.curve_distance`)."""
-    from koopmanlens import topology
+    curves is the mean absolute difference (:func:`koopmanlens.topology.curve_distance`). Writes
+    ``ablation.json`` and ``ablation.png`` into ``out`` (held like a run folder)."""
     from koopmanlens.io import write_json
+    from koopmanlens.report.figures import ablation_figure
+    from koopmanlens.rundir import write_marker
 
-    out = prepare_run_dir(out, overwrite=overwrite)
+    experiment = {
+        "kind": "ablate-isometry",
+        "weights": [float(w) for w in weights],
+        "seed": seed,
+        "n_points": n_points,
+        "grid_points": grid_points,
+        "quick": quick,
+    }
+    with open_new_run(out, experiment, overwrite=overwrite, purpose="ablate-isometry") as (folder, run_id):
+        result = _isometry_ablation(weights, seed, n_points, grid_points, quick, progress)
+        write_json(folder / "ablation.json", result)
+        ablation_figure(result, folder / "ablation.png")
+        write_marker(folder, experiment, run_id, complete=True, extra={"kind": "ablate-isometry"})
+    return result
+
+
+def _isometry_ablation(
+    weights: Sequence[float], seed: int, n_points: int, grid_points: int, quick: bool, progress: bool
+) -> dict:
+    from koopmanlens import topology
+
     s = yinyang_settings(quick)
     net = train_resmlp(s["train"], s["subject"], seed=0, progress=progress)
     layer_i, layer_j = "input", net.layer_names()[-1]
@@ -685,8 +782,4 @@ def ablate_isometry(
         "per_weight": rows,
         "closest_weight": best["isometry_weight"],
     }
-    write_json(out / "ablation.json", result)
-    from koopmanlens.report.figures import ablation_figure
-
-    ablation_figure(result, out / "ablation.png")
     return result

@@ -16,21 +16,22 @@ for a complete run.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from koopmanlens.errors import ArtifactError
 from koopmanlens.io import atomic_write_bytes, read_json, read_tensors, write_json, write_tensors
 from koopmanlens.kae import KAEConfig, KoopmanAE
 from koopmanlens.preprocessing import PairPreprocessor
+from koopmanlens.rundir import FORMAT, VERSION, open_new_run, write_marker
+from koopmanlens.schema import Metrics, RunInfo, ViewsMeta, validate
 from koopmanlens.subject import SubjectConfig
 from koopmanlens.surrogate import Surrogate
 
-FORMAT = "koopmanlens-run"
-VERSION = 1
+__all__ = ["FORMAT", "VERSION", "Run", "load_run", "read_metrics", "read_run_info", "save_run"]
 
 
 def load_module_state(module: nn.Module, path: str | Path) -> nn.Module:
@@ -51,34 +52,6 @@ def load_module_state(module: nn.Module, path: str | Path) -> nn.Module:
             )
     module.load_state_dict(state, strict=True)
     return module
-
-
-# ---------------------------------------------------------------------------- run folders
-def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create ``out`` for a new run. A folder that already holds a run (or anything else) is refused
-    unless ``overwrite``; with ``overwrite`` an old run's files are removed first. With ``resume`` an
-    unfinished run's folder (no ``run.json``) is kept so that its checkpoints can be continued."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"{out} exists and is not a folder")
-    if resume and out.is_dir() and (out / "run.json").exists() and not overwrite:
-        raise ArtifactError(f"{out} already holds a complete run; nothing to resume (use --overwrite)")
-    if out.is_dir() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            what = "a run" if (out / "run.json").exists() else "files"
-            raise ArtifactError(f"{out} already holds {what}; pass --overwrite to replace it")
-        if (out / "run.json").exists() or (out / "checkpoints").is_dir():
-            (out / "run.json").unlink(missing_ok=True)  # mark incomplete first
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ArtifactError(f"cannot write to the output folder {out}: {exc}") from exc
-    return out
 
 
 def save_subject(out: Path, network: nn.Module) -> None:
@@ -182,6 +155,27 @@ class Run:
         )
 
 
+def write_run_files(
+    out: Path,
+    network: nn.Module,
+    preprocessor: PairPreprocessor,
+    kaes: dict[int, KoopmanAE],
+    metrics: dict,
+    info: dict,
+    run_id: str,
+    experiment: dict | None = None,
+) -> Path:
+    """Write every artifact of a run into ``out`` (already held with :func:`open_new_run`),
+    ``run.json`` with ``"complete": true`` last."""
+    save_subject(out, network)
+    save_preprocessor(out, preprocessor)
+    for seed, kae in kaes.items():
+        save_kae(out, seed, kae)
+    write_json(out / "metrics.json", metrics)
+    write_marker(out, experiment, run_id, complete=True, extra={**info, "seeds": sorted(kaes)})
+    return out
+
+
 def save_run(
     out: str | Path,
     network: nn.Module,
@@ -189,23 +183,17 @@ def save_run(
     kaes: dict[int, KoopmanAE],
     metrics: dict,
     info: dict,
+    overwrite: bool = False,
 ) -> Path:
-    """Write every artifact of a run, ``run.json`` last."""
-    out = Path(out)
-    save_subject(out, network)
-    save_preprocessor(out, preprocessor)
-    for seed, kae in kaes.items():
-        save_kae(out, seed, kae)
-    write_json(out / "metrics.json", metrics)
-    write_json(
-        out / "run.json",
-        {"format": FORMAT, "version": VERSION, **info, "seeds": sorted(kaes), "complete": True},
-    )
-    return out
+    """Write every artifact of a run into a new (or, with ``overwrite``, our own) folder,
+    ``run.json`` last. ``info`` needs ``layer_i`` and ``layer_j``; ``dataset`` names the data."""
+    with open_new_run(out, experiment=None, overwrite=overwrite, purpose="save_run") as (folder, run_id):
+        return write_run_files(folder, network, preprocessor, kaes, metrics, info, run_id)
 
 
 def read_run_info(run_dir: str | Path) -> dict:
-    """``run.json`` of a complete run; :class:`ArtifactError` for anything else."""
+    """``run.json`` of a complete run, checked against :class:`koopmanlens.schema.RunInfo`;
+    :class:`ArtifactError` for anything else."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ArtifactError(f"{run_dir} is not a folder")
@@ -215,12 +203,37 @@ def read_run_info(run_dir: str | Path) -> dict:
             "finished, or it is not a koopmanlens run folder"
         )
     info = read_json(run_dir / "run.json")
-    if info.get("format") != FORMAT or not info.get("complete"):
-        raise ArtifactError(f"{run_dir}/run.json is not a complete {FORMAT} record")
-    for key in ("layer_i", "layer_j", "seeds"):
-        if key not in info:
-            raise ArtifactError(f"{run_dir}/run.json lacks the key {key!r}")
-    return info
+    if info.get("format") != FORMAT:
+        raise ArtifactError(f"{run_dir}/run.json is not a {FORMAT} record")
+    if info.get("kind") not in (None, "run"):
+        kind = str(info.get("kind"))[:40]
+        raise ArtifactError(f"{run_dir} holds a {kind} result, not a run; see its JSON files")
+    if info.get("complete") is not True:
+        raise ArtifactError(
+            f"{run_dir} holds an unfinished run (it was interrupted); continue it with "
+            "`koopmanlens reproduce ... --resume` (the same command as before)"
+        )
+    return validate(RunInfo, info, run_dir / "run.json")
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    """``metrics.json`` of a run, checked against :class:`koopmanlens.schema.Metrics`."""
+    path = Path(run_dir) / "metrics.json"
+    metrics = read_json(path)
+    if not metrics:
+        raise ArtifactError(f"{path} holds no results (the run was saved with empty metrics)")
+    return validate(Metrics, metrics, path)
+
+
+def update_metrics(run_dir: str | Path, updates: dict) -> dict:
+    """Merge ``updates`` key by key into ``metrics.json`` and write it atomically. Call it while
+    holding the run folder (:func:`koopmanlens.rundir.open_run_for_update`), so concurrent
+    commands cannot lose each other's keys."""
+    path = Path(run_dir) / "metrics.json"
+    metrics = read_json(path)
+    metrics.update(updates)
+    write_json(path, metrics)
+    return metrics
 
 
 def load_run(run_dir: str | Path, network: nn.Module | None = None) -> Run:
@@ -230,5 +243,42 @@ def load_run(run_dir: str | Path, network: nn.Module | None = None) -> Run:
     net = load_subject(run_dir, network)
     pre = load_preprocessor(run_dir)
     kaes = {int(s): load_kae(run_dir, int(s)) for s in info["seeds"]}
-    metrics = read_json(run_dir / "metrics.json")
+    metrics = read_json(run_dir / "metrics.json")  # any JSON object: API users save their own
     return Run(run_dir, info, net, pre, kaes, metrics)
+
+
+def load_views(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """``views.safetensors`` + ``views.json`` of a run (``None`` when it has none), checked: the
+    meta against :class:`koopmanlens.schema.ViewsMeta`, every tensor finite and shaped as the meta
+    says (``labels`` (n,), ``layers`` (L, n, 3), ``steps`` (S, n, 3), eigenvalues (m, 2))."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "views.safetensors").exists():
+        return None
+    meta = validate(ViewsMeta, read_json(run_dir / "views.json"), run_dir / "views.json")
+    views = read_tensors(run_dir / "views.safetensors")
+    path = run_dir / "views.safetensors"
+    n = meta["n_points"]
+    shapes = {
+        "labels": (n,),
+        "layers": (len(meta["layers"]), n, 3),
+        "steps": (len(meta["steps"]), n, 3),
+    }
+    if meta.get("edit") is not None:
+        shapes.update({"edit_before": (n, 3), "edit_after": (n, 3)})
+    for name, shape in shapes.items():
+        if name not in views or tuple(views[name].shape) != shape:
+            got = tuple(views[name].shape) if name in views else "missing"
+            raise ArtifactError(f"{path}: tensor {name!r} should have shape {shape}, found {got}")
+    for name in ("eig_generator", "eig_operator"):
+        t = views.get(name)
+        if t is None or t.ndim != 2 or t.shape[1] != 2:
+            raise ArtifactError(f"{path}: tensor {name!r} should have shape (m, 2)")
+    for name, t in views.items():
+        if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+            raise ArtifactError(f"{path}: tensor {name!r} holds NaN or inf")
+    labels = views["labels"]
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ArtifactError(f"{path}: labels should be integers, found {labels.dtype}")
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= len(meta["class_names"])):
+        raise ArtifactError(f"{path}: labels outside [0, {len(meta['class_names'])})")
+    return views, meta

@@ -16,6 +16,7 @@ from torch import nn
 
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
+from koopmanlens.io import tensor_digest
 from koopmanlens.metrics import classification_metrics
 from koopmanlens.training import (
     check_finite_losses,
@@ -165,8 +166,11 @@ def train_resmlp(
         steps_per_epoch = -(-n // cfg.batch_size)
         total = cfg.epochs * steps_per_epoch
         step, first_epoch = 0, 0
+        identity = None
+        if checkpoint is not None:
+            identity = {"seed": seed, "config": cfg.to_dict(), "data": tensor_digest(x, train.y)}
         if checkpoint is not None and resume:
-            restored = load_checkpoint(checkpoint, model, opt, gen)
+            restored = load_checkpoint(checkpoint, model, opt, gen, identity)
             if restored is not None:
                 step, first_epoch = int(restored[0]["step"]), int(restored[0]["epoch"]) + 1
         loss_fn = nn.CrossEntropyLoss()
@@ -195,9 +199,7 @@ def train_resmlp(
                 if checkpoint is not None and (
                     (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1
                 ):
-                    save_checkpoint(
-                        checkpoint, model, opt, gen, epoch, step, {"seed": seed, "config": cfg.to_dict()}
-                    )
+                    save_checkpoint(checkpoint, model, opt, gen, epoch, step, identity=identity)
                 epoch_delay()
     model.eval()
     model.train_seconds_ = time.perf_counter() - start  # type: ignore[attr-defined]

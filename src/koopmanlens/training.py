@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -162,9 +163,11 @@ def save_checkpoint(
     step: int,
     extra: dict | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    identity: dict | None = None,
 ) -> None:
     """Everything needed to continue training after ``epoch``: ``path.safetensors`` (model, optimizer
-    state, the batch-order generator's state, extra tensors) and ``path.json`` (counters, extras).
+    state, the batch-order generator's state, extra tensors) and ``path.json`` (counters, extras, and
+    ``identity``: what the training was, e.g. seed, config and data digest, checked on resume).
     Written atomically, tensors before JSON, so the JSON names a complete checkpoint."""
     from koopmanlens.io import write_json, write_tensors
 
@@ -177,31 +180,46 @@ def save_checkpoint(
         tensors[f"extra.{k}"] = v
     write_tensors(path.with_suffix(".safetensors"), tensors)
     write_json(
-        path.with_suffix(".json"), {"epoch": epoch, "step": step, "optimizer": opt_meta, **(extra or {})}
+        path.with_suffix(".json"),
+        {"epoch": epoch, "step": step, "optimizer": opt_meta, **(extra or {}), "identity": identity},
     )
 
 
 def load_checkpoint(
-    path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
+    path: str | Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    identity: dict | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]] | None:
     """Restore a checkpoint written by :func:`save_checkpoint` in place; ``None`` if there is none.
 
+    ``identity``: what this training is (seed, config, data digest); a checkpoint of anything else
+    is refused with what differs, so a resume never silently continues another experiment.
+
     Returns (the JSON record, the extra tensors)."""
+    from koopmanlens.errors import ArtifactError
     from koopmanlens.io import read_json, read_tensors
+    from koopmanlens.rundir import diff_dicts
 
     path = Path(path)
     if not path.with_suffix(".json").exists():
         return None
     meta = read_json(path.with_suffix(".json"))
+    if identity is not None:
+        diff = diff_dicts(meta.get("identity"), json.loads(json.dumps(identity)))
+        if diff:
+            raise ArtifactError(
+                f"checkpoint {path} was made by another training; it will not be resumed. What differs "
+                f"(checkpoint -> now): {'; '.join(diff[:6])}"
+            )
     tensors = read_tensors(path.with_suffix(".safetensors"))
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_state, strict=True)
         _unflatten_optimizer(opt, tensors, meta["optimizer"])
         gen.set_state(tensors["generator_state"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        from koopmanlens.errors import ArtifactError
-
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise ArtifactError(f"checkpoint {path} does not fit this model or is corrupt: {exc}") from exc
     extras = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return meta, extras

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from koopmanlens.errors import InputError, TrainingDivergedError
+from koopmanlens.io import tensor_digest
 from koopmanlens.kae.losses import isometry_loss, linear_loss, reconstruction_loss, state_loss
 from koopmanlens.kae.model import KoopmanAE
 from koopmanlens.training import (
@@ -218,6 +219,17 @@ def validation_state_loss(model: KoopmanAE, x_i: torch.Tensor, x_j: torch.Tensor
     return float(state_loss(x_j, model(x_i)))
 
 
+def _identity(seed: int, cfg: KAEConfig, x_i, x_j, val, waypoints) -> dict:
+    """What a KAE training is, for checkpoints: seed, config and digests of its data."""
+    return {
+        "seed": seed,
+        "config": cfg.to_dict(),
+        "data": tensor_digest(x_i, x_j),
+        "val": None if val is None else tensor_digest(*val),
+        "waypoints": None if waypoints is None else [list(waypoints[0]), tensor_digest(waypoints[1])],
+    }
+
+
 def train_kae(
     x_i: torch.Tensor,
     x_j: torch.Tensor,
@@ -306,8 +318,9 @@ def train_kae(
             step, first_epoch = 0, 0
             best: tuple[float, dict | None, int] = (float("inf"), None, -1)
             guard = {"lr_scale": 1.0, "rollbacks": 0, "min_state": float("inf")}
+            identity = None if checkpoint is None else _identity(seed, cfg, x_i, x_j, val, waypoints)
             if checkpoint is not None and resume:
-                restored = load_checkpoint(checkpoint, model, opt, gen)
+                restored = load_checkpoint(checkpoint, model, opt, gen, identity)
                 if restored is not None:
                     meta, extras = restored
                     step, first_epoch = int(meta["step"]), int(meta["epoch"]) + 1
@@ -331,7 +344,7 @@ def train_kae(
                     "guard": {**guard, "min_state": _finite_or_none(guard["min_state"])},
                 }
                 extra_t = {f"best.{k}": v for k, v in (best[1] or {}).items()}
-                save_checkpoint(checkpoint, model, opt, gen, epoch, step, extra, extra_t)
+                save_checkpoint(checkpoint, model, opt, gen, epoch, step, extra, extra_t, identity)
 
             # the state at the end of the last accepted epoch, for the divergence guard
             last_good = _snapshot(model, opt) if cfg.spike_factor is not None else None

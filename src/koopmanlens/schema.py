@@ -1,0 +1,155 @@
+"""Typed schemas of the JSON files in a run folder, checked on every load (pydantic).
+
+A file that a user or another program edited, truncated or planted gives one
+:class:`~koopmanlens.errors.ArtifactError` naming the file, the field, what was found and what is
+allowed, instead of a traceback somewhere downstream. Unknown extra keys are kept (newer versions
+may add some); the keys that koopmanlens reads are checked for type and range.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from koopmanlens.errors import ArtifactError
+
+Frac = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+NonNeg = Annotated[int, Field(ge=0)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Name = Annotated[str, Field(max_length=500)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class RunInfo(_Model):
+    """``run.json`` of a complete run."""
+
+    format: Literal["koopmanlens-run"]
+    version: Annotated[int, Field(ge=1, le=2)]
+    complete: Literal[True]
+    dataset: Name = "custom"
+    layer_i: Name
+    layer_j: Name
+    seeds: Annotated[list[NonNeg], Field(min_length=1, max_length=100_000)]
+    class_names: list[Name] | None = None
+    quick: bool = False
+    preset: Name | None = None
+    subset: Annotated[int, Field(ge=1)] | None = None
+    width: Annotated[int, Field(ge=1)] | None = None
+    data_dir: str | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must not repeat")
+        return v
+
+
+class MeanSd(_Model):
+    mean: Frac | None
+    sd: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = 0.0
+
+
+class SeedRow(_Model):
+    seed: NonNeg
+    test_top1: Frac | None
+    test_macro: Frac | None
+    agreement: Frac | None = None
+
+
+class KaeBlock(_Model):
+    seeds: Annotated[list[NonNeg], Field(min_length=1)]
+    test_top1: MeanSd
+    test_macro: MeanSd
+    agreement: MeanSd | None = None
+    per_seed: Annotated[list[SeedRow], Field(min_length=1)]
+
+
+class SubjectBlock(_Model):
+    test_top1: Frac | None
+    test_macro: Frac | None
+
+
+class EditRow(_Model):
+    forget: NonNeg
+    into: NonNeg
+    target_before: Frac | None
+    target_after: Frac | None
+    others_before: Frac | None
+    others_after: Frac | None
+    seconds: Annotated[float, Field(ge=0.0)] | None = None
+    target_before_sd: Finite | None = 0.0
+    target_after_sd: Finite | None = 0.0
+    others_before_sd: Finite | None = 0.0
+    others_after_sd: Finite | None = 0.0
+
+
+class EditingBlock(_Model):
+    method: Name
+    per_class: list[EditRow]
+
+
+class TopologyBlock(_Model):
+    eps: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    n_points: NonNeg
+    layers: Annotated[list[Name], Field(min_length=1)]
+    layer_beta0: Annotated[list[NonNeg], Field(min_length=1)]
+    layer_spearman: Finite | None = None
+    kae_steps: Annotated[list[NonNeg], Field(min_length=1)]
+    kae_beta0: Annotated[list[NonNeg], Field(min_length=1)]
+    kae_spearman: Finite | None = None
+
+
+class Metrics(_Model):
+    """``metrics.json``: the keys the tables and the report read."""
+
+    dataset: Name
+    split: Name = "test"
+    n_test: NonNeg | None = None
+    subject: SubjectBlock
+    kae: KaeBlock
+    editing: EditingBlock | None = None
+    topology: TopologyBlock | None = None
+    timing_s: dict[str, Finite | list[Finite] | None] = Field(default_factory=dict)
+
+
+class EditMeta(_Model):
+    forget: NonNeg
+    into: NonNeg
+    method: Name
+
+
+class ViewsMeta(_Model):
+    """``views.json``: names of the stacked views in ``views.safetensors``."""
+
+    layers: Annotated[list[Name], Field(min_length=1)]
+    steps: Annotated[list[NonNeg], Field(min_length=1)]
+    n_points: NonNeg
+    class_names: Annotated[list[Name], Field(min_length=1)]
+    edit: EditMeta | None = None
+
+
+def _message(path: Path | str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = repr(err.get("input"))
+        got = got if len(got) <= 60 else got[:57] + "..."
+        parts.append(f"{loc}: {err['msg']} (found {got})")
+    more = f"; and {exc.error_count() - 3} more problems" if exc.error_count() > 3 else ""
+    return f"{path} is not a valid koopmanlens file: " + "; ".join(parts) + more
+
+
+def validate(model: type[_Model], obj: object, path: Path | str) -> dict:
+    """Check ``obj`` (a parsed JSON file) against ``model``; return it unchanged, or raise
+    :class:`ArtifactError` naming the file, the field, the value found and the rule."""
+    try:
+        model.model_validate(obj)
+    except ValidationError as exc:
+        raise ArtifactError(_message(path, exc)) from None
+    return obj  # type: ignore[return-value]
