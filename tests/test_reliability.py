@@ -91,7 +91,8 @@ def test_kill_and_resume_gives_identical_metrics(reference_run, tmp_path, stage)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert marker.exists(), "the run ended before its first checkpoint"
-    assert json.loads((out / "run.json").read_text())["complete"] is False, "the run finished before it was killed"
+    info = json.loads((out / "run.json").read_text())
+    assert info["complete"] is False, "the run finished before it was killed"
     # an interrupted run is not taken for a complete one
     res = runner.invoke(app, ["show", str(out)])
     assert res.exit_code == 2

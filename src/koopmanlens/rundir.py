@@ -253,8 +253,8 @@ def _refuse_foreign(out: Path) -> None:
         )
 
 
-def _check_start(out: Path, overwrite: bool, resume: bool, experiment: dict | None) -> dict | None:
-    """Decide whether a run may start in ``out`` (read-only); returns the existing marker."""
+def _check_ours(out: Path, resume: bool) -> dict | None:
+    """Refuse what is not a (new, empty or our own) run folder, reading only; returns our marker."""
     if out.is_symlink():
         raise ArtifactError(f"{out} is a symbolic link; choose a real folder for --out")
     if out.exists() and not out.is_dir():
@@ -270,6 +270,15 @@ def _check_start(out: Path, overwrite: bool, resume: bool, experiment: dict | No
             "was changed. Choose a new or empty folder for --out."
         )
     _refuse_foreign(out)
+    return marker
+
+
+def _check_state(
+    marker: dict | None, out: Path, overwrite: bool, resume: bool, experiment: dict | None
+) -> None:
+    """Whether a run may start over our ``marker`` with these flags (under the lock)."""
+    if marker is None:
+        return
     complete = bool(marker.get("complete"))
     if resume and not overwrite:
         if complete:
@@ -290,7 +299,6 @@ def _check_start(out: Path, overwrite: bool, resume: bool, experiment: dict | No
             f"{out} holds an unfinished run (it was interrupted); pass --resume to continue it from "
             "its checkpoints (--overwrite would delete them and start again)"
         )
-    return marker
 
 
 def _remove_owned(out: Path) -> None:
@@ -332,13 +340,14 @@ def open_new_run(
             run of another experiment (with ``resume``); or it cannot be written.
     """
     out = Path(out)
-    _check_start(out, overwrite, resume, experiment)
+    _check_ours(out, resume)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ArtifactError(f"cannot write to the output folder {out}: {exc}") from exc
-    with RunLock(out, purpose) as _lock:
-        marker = _check_start(out, overwrite, resume, experiment)  # again, now that we hold it
+    with RunLock(out, purpose):
+        marker = _check_ours(out, resume)  # again, now that we hold it
+        _check_state(marker, out, overwrite, resume, experiment)
         if marker is not None and overwrite:
             _remove_owned(out)
             marker = None
