@@ -105,11 +105,14 @@ def fit_surrogates(
 
 
 def _environment(device: str | None) -> dict:
-    return {
+    env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device or "cpu",
     }
+    if torch.device(device or "cpu").type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name()
+    return env
 
 
 def reproduce(
@@ -155,7 +158,8 @@ def reproduce(
         checkpoint_every=checkpoint_every,
         resume=resume,
     )
-    network.cpu()
+    # the network stays on ``device``: capture, evaluation, the spliced surrogate and the edits
+    # run there; it returns to the CPU before the views and the artifacts are written
     t_subject = time.perf_counter() - t0
     layer_j = layer_j or network.layer_names()[-1]
     subj_test = evaluate_classifier(network, test)
@@ -235,6 +239,7 @@ def reproduce(
         "class_names": list(test.class_names),
         **(extra_info or {}),
     }
+    network.cpu()
     if report:
         first = min(kaes)
         write_views(
