@@ -1,6 +1,7 @@
 """The MNIST paper preset on a GPU, one seed at a time, with a JSON written after every stage.
 
-    python benchmarks/gpu_mnist.py --data-dir DIR --out JSON [--device cuda] [--seeds 5] [--budget 520]
+    python benchmarks/gpu_mnist.py --data-dir DIR --out JSON [--device cuda] [--seeds 5] [--first-seed 0]
+        [--budget 520]
 
 What ``koopmanlens reproduce mnist --preset paper --device cuda`` computes (the same library calls:
 subject seed 0, one preprocessing, KAE seeds 0..N-1 each evaluated on the 10,000 test images, the
@@ -39,6 +40,17 @@ def write(path: Path, result: dict) -> None:
     os.replace(tmp, path)
 
 
+def _digest(network: torch.nn.Module) -> str:
+    """SHA-256 of the network's weights, to tell whether a retrained subject is the same network."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(network.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def summarise(result: dict) -> None:
     seeds = result["per_seed"]
     if not seeds:
@@ -65,6 +77,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="fit KAE seeds first-seed..seeds-1")
     ap.add_argument("--budget", type=float, default=520.0)
     ap.add_argument("--subset", type=int, default=None, help="smoke tests only: first N train images")
     ap.add_argument("--width", type=int, default=None, help="smoke tests only: narrower subject")
@@ -120,6 +133,7 @@ def main() -> None:
         "test_per_class": subj_test["per_class"],
         "train_top1": subj_train["top1"],
         "network_device": str(next(network.parameters()).device),
+        "weights_sha256": _digest(network),
     }
     print(f"[{elapsed():.0f}s] subject {json.dumps(result['subject'])} {timing}", flush=True)
     write(args.out, result)
@@ -132,7 +146,7 @@ def main() -> None:
     timing["capture_preprocess"] = time.perf_counter() - t
 
     seed_times: list[float] = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         if seed_times and elapsed() + 1.25 * max(seed_times) > args.budget:
             result["stopped"] = (
                 f"seed {seed} not started: {elapsed():.0f}s of the {args.budget:.0f}s budget used"
