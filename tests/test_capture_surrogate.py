@@ -160,3 +160,45 @@ def test_surrogate_wrong_order_is_clear(tiny_surrogate, yy_small):
     with pytest.raises(InputError, match="must come first"):
         backwards.logits(test.x[:5])
     assert _no_hooks(s.network)
+
+
+def test_preprocessor_to_same_device_is_itself(tiny_surrogate):
+    pre = tiny_surrogate.preprocessor
+    assert pre.to("cpu") is pre
+    assert pre.scaler_i_.to(torch.device("cpu")) is pre.scaler_i_
+    with pytest.raises(InputError, match="not fitted"):
+        kl.PairPreprocessor().to("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_surrogate_splice_runs_on_the_network_device(tiny_surrogate, yy_small):
+    """With the network on the GPU the splice runs there (the KAE and preprocessing are copied over,
+    the surrogate's own stay on the CPU) and matches the CPU result; an edited operator too."""
+    import copy
+
+    _, _, test = yy_small
+    s = tiny_surrogate
+    cpu = kl.Surrogate(s.network, s.layer_i, s.layer_j, s.preprocessor, s.kae)  # not the shared fixture
+    gpu = kl.Surrogate(copy.deepcopy(cpu.network).cuda(), cpu.layer_i, cpu.layer_j, cpu.preprocessor, cpu.kae)
+    seen = []
+    orig = kl.Surrogate._predict_with
+
+    def spy(x_i, kae, pre, op):
+        seen.append((x_i.device.type, kae.generator.device.type, pre.rotation_.device.type, op.device.type))
+        return orig(x_i, kae, pre, op)
+
+    kl.Surrogate._predict_with = staticmethod(spy)
+    try:
+        logits = gpu.logits(test.x, batch_size=128)
+    finally:
+        kl.Surrogate._predict_with = staticmethod(orig)
+    assert seen and all(s == ("cuda",) * 4 for s in seen)
+    assert cpu.kae.generator.device.type == "cpu"
+    assert cpu.preprocessor.rotation_.device.type == "cpu"
+    assert torch.allclose(logits, cpu.logits(test.x), atol=1e-4)
+    assert gpu.evaluate(test)["agreement"] == pytest.approx(cpu.evaluate(test)["agreement"], abs=0.01)
+    gpu.operator = cpu.operator = 0.5 * cpu.current_operator()
+    assert torch.allclose(gpu.logits(test.x), cpu.logits(test.x), atol=1e-4)
+    x_i = gpu.representations(test.x[:20])[cpu.layer_i].cuda()
+    assert gpu.predict_state(x_i).device.type == "cuda"
+    assert _no_hooks(gpu.network)

@@ -30,7 +30,9 @@ json_scalar = st.one_of(
 )
 json_value = st.recursive(
     json_scalar,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -88,7 +90,9 @@ def _mutate_tensors(path: Path, data) -> None:
 
 
 def _check(res) -> None:
-    if res.exit_code not in (0, 2) or (res.exception is not None and not isinstance(res.exception, SystemExit)):
+    if res.exit_code not in (0, 2) or (
+        res.exception is not None and not isinstance(res.exception, SystemExit)
+    ):
         raise AssertionError(f"exit {res.exit_code}: {res.exception!r}\n{res.output}")
     assert "Traceback" not in res.output
 

@@ -106,11 +106,14 @@ def fit_surrogates(
 
 
 def _environment(device: str | None) -> dict:
-    return {
+    env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device or "cpu",
     }
+    if torch.device(device or "cpu").type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name()
+    return env
 
 
 def experiment_record(
@@ -204,7 +207,8 @@ def reproduce(
             checkpoint_every=checkpoint_every,
             resume=resume,
         )
-        network.cpu()
+        # the network stays on ``device``: capture, evaluation, the spliced surrogate and the edits
+        # run there; it returns to the CPU before the views and the artifacts are written
         t_subject = time.perf_counter() - t0
         layer_j = layer_j or network.layer_names()[-1]
         t1 = time.perf_counter()

@@ -112,6 +112,21 @@ class LayerScaler:
         self._check(z64, self.components_.shape[1], "the preprocessed representation")
         return ((z64 * self.scale_) @ self.components_.T + self.mean_).to(dtype)
 
+    def to(self, device: str | torch.device) -> LayerScaler:
+        """This scaler with its tensors on ``device``: ``self`` when they are there already, else a
+        copy (the original is left where it is)."""
+        if not hasattr(self, "scale_"):
+            raise InputError("this LayerScaler is not fitted yet; call fit first")
+        device = torch.device(device)
+        if self.mean_.device == device:
+            return self
+        obj = LayerScaler(self.q)
+        obj.mean_ = self.mean_.to(device)
+        obj.components_ = self.components_.to(device)
+        obj.scale_ = self.scale_
+        obj.n_features_in_ = self.n_features_in_
+        return obj
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
             "mean": self.mean_,
@@ -211,6 +226,20 @@ class PairPreprocessor:
     def inverse_transform(self, z_i: torch.Tensor, z_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both layers back in the network's coordinates."""
         return self.inverse_transform_i(z_i), self.inverse_transform_j(z_j)
+
+    def to(self, device: str | torch.device) -> PairPreprocessor:
+        """This preprocessing with its tensors on ``device`` (so that it transforms tensors that live
+        there): ``self`` when they are there already, else a copy (the original stays put)."""
+        self._fitted()
+        device = torch.device(device)
+        if self.rotation_.device == device:
+            return self
+        obj = PairPreprocessor(self.q)
+        obj.scaler_i_ = self.scaler_i_.to(device)
+        obj.scaler_j_ = self.scaler_j_.to(device)
+        obj.rotation_ = self.rotation_.to(device)
+        obj.dim_ = self.dim_
+        return obj
 
     def _check_width(self, z: torch.Tensor) -> None:
         if z.ndim != 2 or z.shape[1] != self.dim_:

@@ -8,6 +8,7 @@ then runs unchanged. Nothing about the network's structure (where its head is) i
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 
@@ -118,15 +119,35 @@ class Surrogate:
         """phi(transform_i(x_i)): observables of raw layer-i representations."""
         return self.kae.encode(self.preprocessor.transform_i(x_i).float())
 
+    def _parts_on(self, device: torch.device) -> tuple[KoopmanAE, PairPreprocessor, torch.Tensor]:
+        """The KAE, the preprocessing and the operator, on ``device``: the surrogate's own where they
+        live there already, else copies (the surrogate itself is not moved)."""
+        kae = self.kae
+        if kae.generator.device != device:
+            kae = copy.deepcopy(kae).to(device)
+        return kae, self.preprocessor.to(device), self.current_operator().to(device)
+
     @torch.no_grad()
     def predict_state(self, x_i: torch.Tensor) -> torch.Tensor:
-        """Raw layer-j representation predicted from raw layer-i representation ``x_i``."""
-        check_finite(torch.as_tensor(x_i), "x_i")
-        z = self.encode_i(x_i) @ self.current_operator().T
-        return self.preprocessor.inverse_transform_j(self.kae.decode(z).double()).float()
+        """Raw layer-j representation predicted from raw layer-i representation ``x_i``, computed on
+        the device ``x_i`` lives on."""
+        x_i = torch.as_tensor(x_i)
+        return self._predict_with(x_i, *self._parts_on(x_i.device))
+
+    @staticmethod
+    def _predict_with(
+        x_i: torch.Tensor, kae: KoopmanAE, pre: PairPreprocessor, operator: torch.Tensor
+    ) -> torch.Tensor:
+        check_finite(x_i, "x_i")
+        z = kae.encode(pre.transform_i(x_i).float()) @ operator.T
+        return pre.inverse_transform_j(kae.decode(z).double()).float()
 
     def _splice_hooks(self) -> dict[str, Callable]:
+        """Hooks that splice the KAE in. The prediction runs on the device of layer i's output (the
+        network's): the KAE, preprocessing and operator are placed there once per forward pass
+        block (cached by device), so no batch goes through the host."""
         stash: dict[str, torch.Tensor] = {}
+        parts: dict[torch.device, tuple[KoopmanAE, PairPreprocessor, torch.Tensor]] = {}
 
         def at_i(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
             stash["x_i"] = out.detach()
@@ -137,8 +158,10 @@ class Surrogate:
                     f"layer {self.layer_j!r} ran before layer {self.layer_i!r}: layer_i must come "
                     "first in the forward pass"
                 )
-            x_i = stash.pop("x_i")
-            pred = self.predict_state(x_i.flatten(1).float().cpu())
+            x_i = stash.pop("x_i").flatten(1).float()
+            if x_i.device not in parts:
+                parts[x_i.device] = self._parts_on(x_i.device)
+            pred = self._predict_with(x_i, *parts[x_i.device])
             return pred.reshape(out.shape).to(dtype=out.dtype, device=out.device)
 
         return {self.layer_i: at_i, self.layer_j: at_j}
