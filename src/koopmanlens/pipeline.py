@@ -245,6 +245,7 @@ def reproduce(
             "class_names": list(test.class_names),
             **(extra_info or {}),
         }
+        network.cpu()
         if report:
             write_views(
                 out, network, surrogate, train, test, forget=edit_classes[0] if edit_classes else None
