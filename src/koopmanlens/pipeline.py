@@ -24,6 +24,7 @@ from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.runs import prepare_run_dir, save_run
 from koopmanlens.subject import SubjectConfig, evaluate_classifier, subject_config, train_resmlp
 from koopmanlens.surrogate import Surrogate, aligned_layers
+from koopmanlens.training import progress_bar
 
 
 def mean_sd(values: Sequence[float]) -> dict[str, float]:
@@ -50,6 +51,9 @@ def fit_surrogates(
 ) -> tuple[PairPreprocessor, dict[int, KoopmanAE], dict, list[float]]:
     """Fit one preprocessing and one KAE per seed; evaluate each on ``test``.
 
+    With ``progress``, an overall bar over the seeds (count, elapsed, ETA) sits above each seed's
+    own training bar.
+
     Returns:
         (preprocessor, {seed: kae}, the ``kae`` block of metrics.json, seconds per seed).
     """
@@ -63,37 +67,40 @@ def fit_surrogates(
         val_pair = pre.transform(vreps[layer_i], vreps[layer_j])
     kaes: dict[int, KoopmanAE] = {}
     per_seed, seconds = [], []
-    for seed in seeds:
-        ck = None if checkpoint_dir is None else Path(checkpoint_dir) / f"kae-seed-{seed}"
-        model = train_kae(
-            z_i,
-            z_j,
-            cfg,
-            seed=seed,
-            val=val_pair,
-            device=device,
-            progress=progress,
-            checkpoint=ck,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-        )
-        kaes[seed] = model
-        ev = Surrogate(network, layer_i, layer_j, pre, model).evaluate(test)
-        seconds.append(model.train_seconds_)
-        per_seed.append(
-            {
-                "seed": seed,
-                "test_top1": ev["top1"],
-                "test_macro": ev["macro"],
-                "agreement": ev["agreement"],
-                "test_per_class": ev["per_class"],
-                "best_epoch": model.best_epoch_,
-                "final_train_state_loss": next(
-                    r["state"] for r in reversed(model.history_) if not r.get("rollback")
-                ),
-                "rollbacks": model.rollbacks_,
-            }
-        )
+    with progress_bar(progress) as bar:
+        task = bar.add_task("KAE seeds", total=len(seeds), info="")
+        for seed in seeds:
+            ck = None if checkpoint_dir is None else Path(checkpoint_dir) / f"kae-seed-{seed}"
+            model = train_kae(
+                z_i,
+                z_j,
+                cfg,
+                seed=seed,
+                val=val_pair,
+                device=device,
+                progress=progress,
+                checkpoint=ck,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            )
+            kaes[seed] = model
+            ev = Surrogate(network, layer_i, layer_j, pre, model).evaluate(test)
+            seconds.append(model.train_seconds_)
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "test_top1": ev["top1"],
+                    "test_macro": ev["macro"],
+                    "agreement": ev["agreement"],
+                    "test_per_class": ev["per_class"],
+                    "best_epoch": model.best_epoch_,
+                    "final_train_state_loss": next(
+                        r["state"] for r in reversed(model.history_) if not r.get("rollback")
+                    ),
+                    "rollbacks": model.rollbacks_,
+                }
+            )
+            bar.update(task, advance=1, info=f"seed {seed}: top-1 {100 * ev['top1']:.2f}")
     block = {
         "seeds": list(seeds),
         "test_top1": mean_sd([r["test_top1"] for r in per_seed]),
@@ -212,6 +219,7 @@ def reproduce(
             train,
             test,
             edit_classes,
+            progress=progress,
             max_target_accuracy=edit_max_target_accuracy,
         )
         metrics["timing_s"]["editing"] = time.perf_counter() - t2
@@ -224,6 +232,7 @@ def reproduce(
             train,
             test,
             Surrogate(network, layer_i, layer_j, pre, kaes[first]),
+            progress=progress,
         )
         metrics["topology"]["kae_seed"] = first
         metrics["timing_s"]["topology"] = time.perf_counter() - t3
@@ -250,7 +259,7 @@ def reproduce(
     if report:
         from koopmanlens.report import write_report
 
-        write_report(out)
+        write_report(out, progress=progress)
     return metrics
 
 
@@ -287,34 +296,42 @@ def editing_block(
     ``test``; means and sds over the seeds (the ``editing`` key of metrics.json)."""
     rows = []
     cache: dict[int, tuple[torch.Tensor, editing.KeyStats]] = {}
-    for c in classes:
-        results = []
-        for seed, kae in sorted(kaes.items()):
-            sur = Surrogate(network, layer_i, layer_j, pre, kae)
-            if seed not in cache:
-                z = editing.class_observables(sur, train)
-                cache[seed] = (z, editing.KeyStats.of(z.T))
-            z, stats = cache[seed]
-            edit = editing.unlearn_class(
-                sur,
-                train,
-                c,
-                method=method,
-                observables=z,
-                stats=stats,
-                max_target_accuracy=max_target_accuracy,
-            )
-            results.append(editing.evaluate_edit(sur, edit, test))
-        row: dict = {"forget": c, "into": results[0]["into"], "into_per_seed": [r["into"] for r in results]}
-        for key in ("target_before", "target_after", "others_before", "others_after", "seconds"):
-            ms = mean_sd([r[key] for r in results])
-            row[key], row[key + "_sd"] = ms["mean"], ms["sd"]
-        row["solve_seconds"] = mean_sd(
-            [r["diagnostics"].get("solve_seconds", r["seconds"]) for r in results]
-        )["mean"]
-        row["lam_per_seed"] = [r["diagnostics"].get("lam_auto", [{}])[-1].get("lam") for r in results]
-        rows.append(row)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("edit class/seed", total=len(classes) * len(kaes), info="")
+        for c in classes:
+            results = []
+            for seed, kae in sorted(kaes.items()):
+                sur = Surrogate(network, layer_i, layer_j, pre, kae)
+                if seed not in cache:
+                    z = editing.class_observables(sur, train)
+                    cache[seed] = (z, editing.KeyStats.of(z.T))
+                z, stats = cache[seed]
+                edit = editing.unlearn_class(
+                    sur,
+                    train,
+                    c,
+                    method=method,
+                    observables=z,
+                    stats=stats,
+                    max_target_accuracy=max_target_accuracy,
+                )
+                results.append(editing.evaluate_edit(sur, edit, test))
+                bar.update(task, advance=1, info=f"class {c}, seed {seed}")
+            rows.append(_edit_row(c, results))
     return {"method": method, "split": "test", "max_target_accuracy": max_target_accuracy, "per_class": rows}
+
+
+def _edit_row(c: int, results: list[dict]) -> dict:
+    """One row of the ``editing`` block: means and sds over the seeds' edits of class ``c``."""
+    row: dict = {"forget": c, "into": results[0]["into"], "into_per_seed": [r["into"] for r in results]}
+    for key in ("target_before", "target_after", "others_before", "others_after", "seconds"):
+        ms = mean_sd([r[key] for r in results])
+        row[key], row[key + "_sd"] = ms["mean"], ms["sd"]
+    row["solve_seconds"] = mean_sd([r["diagnostics"].get("solve_seconds", r["seconds"]) for r in results])[
+        "mean"
+    ]
+    row["lam_per_seed"] = [r["diagnostics"].get("lam_auto", [{}])[-1].get("lam") for r in results]
+    return row
 
 
 def compute_views(
@@ -387,6 +404,7 @@ def topology_block(
     max_steps: int = 20,
     seed: int = 0,
     max_fit_points: int = 10000,
+    progress: bool = False,
 ) -> dict:
     """beta_0 along the network's layers (each preprocessed and aligned to the last layer, METHOD
     section 4, fitted on up to ``max_fit_points`` training samples) and along the KAE's decoded
@@ -411,11 +429,19 @@ def topology_block(
     )
     if eps is None:
         eps = topology.suggest_eps(aligned[layers[0]], eps_quantile)
-    layer_b0 = [topology.betti0(aligned[n], eps) for n in layers]
     k = surrogate.kae.k
     steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
     states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps])
-    step_b0 = [topology.betti0(states[t], eps) for t in range(len(steps))]
+    with progress_bar(progress) as bar:
+        task = bar.add_task("topology layers+steps", total=len(layers) + len(steps), info="")
+
+        def b0(points: torch.Tensor, what: str) -> int:
+            n = topology.betti0(points, eps)
+            bar.update(task, advance=1, info=what)
+            return n
+
+        layer_b0 = [b0(aligned[n], n) for n in layers]
+        step_b0 = [b0(states[t], f"s = {s}") for t, s in enumerate(steps)]
 
     def rho(a: Sequence[float], b: Sequence[float]) -> float | None:
         if len(set(b)) < 2:
