@@ -392,6 +392,15 @@ def compute_views(
     return {k_: v.contiguous() for k_, v in views.items()}, meta
 
 
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rho of two sequences; None when ``b`` is constant (rho undefined)."""
+    from scipy.stats import spearmanr
+
+    if len(set(b)) < 2:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
 def topology_block(
     network: nn.Module,
     layers: Sequence[str],
@@ -410,8 +419,6 @@ def topology_block(
     section 4, fitted on up to ``max_fit_points`` training samples) and along the KAE's decoded
     steps, on up to ``max_points`` test samples, at one eps. Default eps: the ``eps_quantile`` of the
     MST edge lengths of the first layer's aligned test states (:func:`koopmanlens.topology.suggest_eps`)."""
-    from scipy.stats import spearmanr
-
     from koopmanlens import topology
 
     g = torch.Generator().manual_seed(seed)
@@ -443,21 +450,16 @@ def topology_block(
         layer_b0 = [b0(aligned[n], n) for n in layers]
         step_b0 = [b0(states[t], f"s = {s}") for t, s in enumerate(steps)]
 
-    def rho(a: Sequence[float], b: Sequence[float]) -> float | None:
-        if len(set(b)) < 2:
-            return None
-        return float(spearmanr(a, b).statistic)
-
     return {
         "eps": float(eps),
         "eps_rule": f"quantile {eps_quantile} of MST edge lengths of layer {layers[0]!r} (aligned)",
         "n_points": len(sub),
         "layers": list(layers),
         "layer_beta0": layer_b0,
-        "layer_spearman": rho(range(len(layers)), layer_b0),
+        "layer_spearman": _spearman(range(len(layers)), layer_b0),
         "kae_steps": steps,
         "kae_beta0": step_b0,
-        "kae_spearman": rho(steps, step_b0),
+        "kae_spearman": _spearman(steps, step_b0),
     }
 
 

@@ -40,6 +40,15 @@ def slider_labels(names: list[str], max_labels: int = 11) -> list[str]:
     return [plotly_text(n) if i % every == 0 else "" for i, n in enumerate(names)]
 
 
+def _slider_steps(names: list[str], prefix: str) -> list[dict]:
+    """One slider step per frame ``prefix{i}``, jumping to it at once."""
+    jump = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
+    return [
+        {"method": "animate", "label": label, "args": [[f"{prefix}{i}"], jump]}
+        for i, label in enumerate(slider_labels(names))
+    ]
+
+
 def _slider_figure(
     clouds: np.ndarray, names: list[str], labels: np.ndarray, class_names: list, title: str, prefix: str
 ):
@@ -70,21 +79,6 @@ def _slider_figure(
         go.Frame(data=traces(clouds[i]), name=f"{prefix}{i}", layout={"title": heading(i)})
         for i in range(len(clouds))
     ]
-    steps = [
-        {
-            "method": "animate",
-            "label": label,
-            "args": [
-                [f"{prefix}{i}"],
-                {
-                    "mode": "immediate",
-                    "frame": {"duration": 0, "redraw": True},
-                    "transition": {"duration": 0},
-                },
-            ],
-        }
-        for i, label in enumerate(slider_labels(names))
-    ]
     axis = {
         k: {"range": [float(lo[j]), float(hi[j])], "title": f"PC{j + 1}"}
         for j, k in enumerate(("xaxis", "yaxis", "zaxis"))
@@ -100,7 +94,7 @@ def _slider_figure(
         sliders=[
             {
                 "active": 0,
-                "steps": steps,
+                "steps": _slider_steps(names, prefix),
                 "currentvalue": {"visible": False},
                 "font": {"size": 10},
                 "pad": {"t": 10, "b": 10},
