@@ -140,3 +140,170 @@ def test_report_in_headless_chromium(report_run):
         (report_run / "report-load.json").write_text(json.dumps({"load_s": load_s}))
     finally:
         driver.quit()
+
+
+PAYLOAD = (
+    "</script><script>window.__pwned=1</script>"
+    '<img src=x onerror="window.__pwned=1"><svg onload="window.__pwned=1"></svg>'
+    '<a href="javascript:window.__pwned=1">[link=https://evil.example]x[/link]</a>'
+)
+
+
+def _plant(obj, skip=("format",)):
+    """``obj`` with every string value (not keys, not ``skip``) replaced by PAYLOAD."""
+    if isinstance(obj, str):
+        return PAYLOAD
+    if isinstance(obj, list):
+        return [_plant(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: v if k in skip else _plant(v) for k, v in obj.items()}
+    return obj
+
+
+@pytest.fixture
+def planted_run(report_run, tmp_path):
+    """A copy of the report run with a script payload in every string of metrics.json, run.json and
+    views.json, plus a stored edit and a spectrum block, and its report.html regenerated."""
+    from koopmanlens.report import write_report
+
+    run = tmp_path / "planted"
+    shutil.copytree(report_run, run)
+    res = runner.invoke(app, ["spectrum", str(run)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["edit", str(run), "--forget", "1"])
+    assert res.exit_code == 0, res.output
+    edits = [p.relative_to(run) for p in (run / "edits").glob("*.json")]
+    for name in ("metrics.json", "run.json", "views.json", *edits):
+        path = run / name
+        path.write_text(json.dumps(_plant(json.loads(path.read_text()))))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["n_test"] = PAYLOAD
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    write_report(run)
+    return run
+
+
+def test_report_escapes_planted_strings(planted_run):
+    text = (planted_run / "report.html").read_text()
+    for raw in ("<script>window.__pwned", "<img src=x", "<svg onload", '<a href="javascript'):
+        assert raw not in text
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in text  # shown, as text
+
+
+def test_report_with_planted_strings_in_headless_chromium(planted_run):
+    driver = _driver()
+    try:
+        driver.get((planted_run / "report.html").as_uri())
+        time.sleep(1)
+        assert driver.execute_script("return typeof window.__pwned") == "undefined"
+        injected = driver.execute_script(
+            'return document.querySelectorAll(\'img[src="x"], svg[onload], a[href^="javascript"]\').length'
+        )
+        assert injected == 0
+        handlers = driver.execute_script(
+            "return Array.from(document.querySelectorAll('*')).filter(e => Array.from(e.attributes)"
+            ".some(a => a.name.startsWith('on'))).map(e => e.outerHTML.slice(0, 80))"
+        )
+        assert handlers == []
+        assert "window.__pwned=1" in driver.execute_script("return document.body.innerText")
+        assert driver.execute_script("return document.getElementById('kae-steps')._fullData.length") == 3
+        assert driver.execute_script("return typeof window.__pwned") == "undefined"
+    finally:
+        driver.quit()
+
+
+def test_report_with_wrong_types_fails_clearly(report_run, tmp_path):
+    from koopmanlens.errors import KoopmanLensError
+    from koopmanlens.report import write_report
+
+    run = tmp_path / "typed"
+    shutil.copytree(report_run, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.update(n_test=[1, 2], split=3, dataset={"a": 1})
+    metrics["topology"]["eps"] = "x"
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(KoopmanLensError, match=r"metrics\.json"):
+        write_report(run)
+    metrics["topology"]["eps"] = 0.5
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    views = json.loads((run / "views.json").read_text())
+    views["class_names"] = [1, None, {"b": 2}]
+    (run / "views.json").write_text(json.dumps(views))
+    write_report(run)  # odd but harmless values are shown as text
+    assert "[1, 2]" in (run / "report.html").read_text()
+
+
+def test_report_does_not_follow_symlinks(report_run, tmp_path):
+    run = tmp_path / "linked"
+    shutil.copytree(report_run, run)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("figures/training.png", "figures/layers.png", "report.html"):
+        target = outside / name.replace("/", "-")
+        target.write_bytes(b"precious")
+        (run / name).unlink()
+        (run / name).symlink_to(target)
+    res = runner.invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    for target in outside.iterdir():
+        assert target.read_bytes() == b"precious"
+    assert not (run / "figures" / "training.png").is_symlink()
+    assert (run / "figures" / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_shows_post_processing_results(report_run, tmp_path):
+    run = tmp_path / "post"
+    shutil.copytree(report_run, run)
+    for args in (["spectrum", str(run)], ["edit", str(run), "--forget", "2", "--method", "emmet-kmeans"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["topology"]["layer_spearman"] = 0.123456789012345
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert runner.invoke(app, ["report", str(run)]).exit_code == 0
+    text = (run / "report.html").read_text()
+    assert "Spectrum of the operator" in text and "spectral radius" in text
+    assert "Stored edits" in text and "forget-2-into-" in text and "emmet-kmeans" in text
+    assert "Topology" in text and "Unlearning" in text
+    assert "+0.12" in text and "0.123456" not in text
+    assert "dataset" in text and "preset" in text  # the run's spec from run.json
+
+
+LAYOUT_JS = """
+var out = [];
+for (const id of ['kae-steps', 'net-layers']) {
+  var g = document.getElementById(id), box = g.parentElement.getBoundingClientRect();
+  var svg = g.querySelector('.main-svg').getBoundingClientRect();
+  var labels = Array.from(g.querySelectorAll('.slider-label')).filter(e => e.textContent)
+    .map(e => e.getBoundingClientRect()).sort((a, b) => a.left - b.left);
+  out.push({id: id, col: [box.left, box.right], svg: [svg.left, svg.right],
+            labels: labels.map(b => [b.left, b.right])});
+}
+return out;
+"""
+
+
+@pytest.mark.parametrize("width", [1400, 1000])
+def test_report_plots_fit_their_columns(report_run, width):
+    driver = _driver()
+    try:
+        driver.set_window_size(width, 1000)
+        driver.get((report_run / "report.html").as_uri())
+        time.sleep(1)
+        for plot in driver.execute_script(LAYOUT_JS):
+            left, right = plot["col"]
+            assert left - 1 <= plot["svg"][0] and plot["svg"][1] <= right + 1, plot
+            assert len(plot["labels"]) >= 2, plot
+            for a, b in zip(plot["labels"], plot["labels"][1:], strict=False):
+                assert a[1] <= b[0], plot  # no two slider labels overlap
+            assert all(left - 1 <= lo and hi <= right + 1 for lo, hi in plot["labels"]), plot
+        title = "return document.querySelector('#kae-steps .gtitle').textContent"
+        assert driver.execute_script(title).endswith("s = 0")
+        driver.execute_script(
+            "Plotly.animate('kae-steps', ['step' + (document.getElementById('kae-steps')"
+            "._fullLayout.sliders[0].steps.length - 1)], {mode: 'immediate', frame: {redraw: true}})"
+        )
+        time.sleep(1)
+        assert driver.execute_script(title).endswith("s = 100")
+    finally:
+        driver.quit()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from koopmanlens.errors import KoopmanLensError
 
@@ -32,6 +33,26 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class Preset(StrEnum):
+    default = "default"
+    paper = "paper"
+    fast = "fast"
+
+
+PRESETS = {DatasetName.yinyang: ("default", "paper"), DatasetName.mnist: ("paper", "fast")}
+
+
+class EditMethod(StrEnum):
+    memit = "memit"
+    emmet_kmeans = "emmet-kmeans"
+    emmet = "emmet"
+
+
+def _examples(*lines: str) -> str:
+    """A command's help epilog: an "Examples:" section, one invocation per paragraph."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
 def _version(value: bool) -> None:
     if value:
         from koopmanlens import __version__
@@ -51,8 +72,15 @@ def _main(
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
     raise typer.Exit(code=2)
+
+
+def _print_spec(info: dict) -> None:
+    from koopmanlens.report.tables import run_spec
+
+    for key, value in run_spec(info):
+        console.print(f"{key}: {escape(value)}", highlight=False)
 
 
 def _print_run(metrics: dict, out: Path | None = None) -> None:
@@ -65,18 +93,25 @@ def _print_run(metrics: dict, out: Path | None = None) -> None:
             console.print(extra)
     console.print(timing_line(metrics))
     if out is not None:
-        console.print(f"run folder: {out}")
+        console.print(f"run folder: {escape(str(out))}")
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "koopmanlens reproduce yinyang",
+        "koopmanlens reproduce yinyang --quick --seeds 1 --out runs/smoke",
+        "koopmanlens reproduce yinyang --preset paper --seeds 5 --out runs/yy-paper",
+        "koopmanlens reproduce mnist --data-dir data/mnist --preset fast --seeds 1",
+    )
+)
 def reproduce(
     dataset: DatasetName = typer.Argument(..., help="Which of the paper's experiments to run."),
     seeds: int = typer.Option(5, "--seeds", min=1, help="Number of KAE seeds (0..N-1)."),
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<dataset>)."),
     device: Device = typer.Option(Device.cpu, "--device", help="Where to train."),
     quick: bool = typer.Option(False, "--quick", help="A tiny setting for smoke tests."),
-    preset: str | None = typer.Option(
-        None, "--preset", help="yinyang: default|paper; mnist: paper|fast (default: first)."
+    preset: Preset | None = typer.Option(
+        None, "--preset", help="yinyang: default or paper; mnist: paper or fast (default: the first)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoints."),
@@ -94,6 +129,14 @@ def reproduce(
     from koopmanlens import pipeline
 
     out = out or Path("runs") / dataset.value
+    if preset is not None and preset.value not in PRESETS[dataset]:
+        _fail(
+            KoopmanLensError(
+                f"preset {preset.value!r} is not a {dataset.value} preset; "
+                f"{dataset.value} takes {' or '.join(PRESETS[dataset])}"
+            )
+        )
+    preset_name = preset.value if preset is not None else PRESETS[dataset][0]
     try:
         if dataset is DatasetName.yinyang:
             metrics = pipeline.reproduce_yinyang(
@@ -103,7 +146,7 @@ def reproduce(
                 device=device.value,
                 overwrite=overwrite,
                 progress=progress,
-                preset=preset or "default",
+                preset=preset_name,
                 resume=resume,
                 checkpoint_every=checkpoint_every,
                 report=report,
@@ -112,7 +155,7 @@ def reproduce(
             metrics = pipeline.reproduce_mnist(
                 out,
                 seeds=seeds,
-                preset=preset or "paper",
+                preset=preset_name,
                 data_dir=data_dir,
                 device=device.value,
                 overwrite=overwrite,
@@ -129,19 +172,22 @@ def reproduce(
     _print_run(metrics, out)
 
 
-@app.command()
+@app.command(epilog=_examples("koopmanlens show runs/yinyang"))
 def show(run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`.")) -> None:
-    """Print a saved run's results table."""
+    """Print a saved run's spec (from run.json) and its results tables."""
     from koopmanlens.runs import read_metrics, read_run_info
 
     try:
-        read_run_info(run_dir)
+        info = read_run_info(run_dir)
         metrics = read_metrics(run_dir)
+        _print_spec(info)
         _print_run(metrics, run_dir)
     except KoopmanLensError as exc:
         _fail(exc)
     except KeyError as exc:
         _fail(KoopmanLensError(f"{run_dir}/metrics.json lacks the key {exc}"))
+    except (TypeError, ValueError, IndexError) as exc:
+        _fail(KoopmanLensError(f"{run_dir}/metrics.json holds a value of the wrong type: {exc}"))
 
 
 def _load(run_dir: Path, data_dir: Path | None = None):
@@ -153,16 +199,22 @@ def _load(run_dir: Path, data_dir: Path | None = None):
     return run, train, test
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "koopmanlens edit runs/yinyang --forget 0",
+        "koopmanlens edit runs/yinyang --forget 1 --into 2 --method emmet-kmeans",
+    )
+)
 def edit(
     run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`."),
     forget: int = typer.Option(..., "--forget", help="The class to unlearn."),
     into: int | None = typer.Option(None, "--into", help="Send it to this class (default: nearest)."),
-    method: str = typer.Option("memit", "--method", help="memit | emmet-kmeans | emmet"),
+    method: EditMethod = typer.Option(EditMethod.memit, "--method", help="How to solve for the edit."),
     max_target_accuracy: float = typer.Option(
         0.01, "--max-target-accuracy", help="memit: largest lam leaving at most this on the training class."
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Unlearn a class by editing every seed's operator; print before/after and store the edits."""
     from koopmanlens import editing
@@ -170,34 +222,45 @@ def edit(
     from koopmanlens.report.tables import edit_table
     from koopmanlens.rundir import open_run_for_update
     from koopmanlens.runs import update_metrics
+    from koopmanlens.training import progress_bar
 
     try:
-        with open_run_for_update(run_dir, "edit"):
+        with open_run_for_update(run_dir, "edit"), progress_bar(progress) as bar:
             run, train, test = _load(run_dir, data_dir)
+            task = bar.add_task("edit seeds", total=len(run.seeds), info="")
             results = []
             for seed in run.seeds:
                 sur = run.surrogate(seed)
                 ed = editing.unlearn_class(
-                    sur, train, forget, into=into, method=method, max_target_accuracy=max_target_accuracy
+                    sur,
+                    train,
+                    forget,
+                    into=into,
+                    method=method.value,
+                    max_target_accuracy=max_target_accuracy,
                 )
                 name = f"forget-{forget}-into-{ed.into}-{ed.method}"
                 ed.save(run_dir / "edits" / f"{name}-seed-{seed}")
                 results.append({"seed": seed, **editing.evaluate_edit(sur, ed, test)})
+                bar.update(task, advance=1, info=f"seed {seed}")
             edits = dict(run.metrics.get("edits") or {})
             edits[name] = {"forget": forget, "into": ed.into, "method": ed.method, "per_seed": results}
             update_metrics(run_dir, {"edits": edits})
             refresh_report(run_dir)
     except KoopmanLensError as exc:
         _fail(exc)
-    console.print(edit_table(results, forget, method))
-    console.print(f"edits saved under {run_dir / 'edits'}")
+    console.print(edit_table(results, forget, method.value))
+    console.print(f"edits saved under {escape(str(run_dir / 'edits'))}")
 
 
-@app.command()
+@app.command(
+    epilog=_examples("koopmanlens topology runs/yinyang", "koopmanlens topology runs/yinyang --eps 0.05")
+)
 def topology(
     run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`."),
     eps: float | None = typer.Option(None, "--eps", help="Scale (default: read off the data)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """beta_0 along the layers and the KAE steps; written into the run's metrics.json."""
     from koopmanlens import pipeline
@@ -209,7 +272,13 @@ def topology(
         with open_run_for_update(run_dir, "topology"):
             run, train, test = _load(run_dir, data_dir)
             block = pipeline.topology_block(
-                run.network, run.network.layer_names(), train, test, run.surrogate(), eps=eps
+                run.network,
+                run.network.layer_names(),
+                train,
+                test,
+                run.surrogate(),
+                eps=eps,
+                progress=progress,
             )
             metrics = update_metrics(run_dir, {"topology": block})
             pipeline.refresh_report(run_dir)
@@ -218,10 +287,11 @@ def topology(
     console.print(topology_table(metrics))
 
 
-@app.command()
+@app.command(epilog=_examples("koopmanlens report runs/yinyang"))
 def report(
     run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """(Re)generate the figures and the self-contained report.html of a saved run."""
     from koopmanlens import pipeline
@@ -244,13 +314,21 @@ def report(
                     test,
                     forget=edits[0]["forget"] if edits else None,
                 )
-            path = write_report(run_dir)
+            path = write_report(run_dir, progress=progress)
     except KoopmanLensError as exc:
         _fail(exc)
-    console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB); figures in {run_dir / 'figures'}")
+    console.print(
+        f"report: {escape(str(path))} ({path.stat().st_size / 1e6:.1f} MB); "
+        f"figures in {escape(str(run_dir / 'figures'))}"
+    )
 
 
-@app.command("ablate-isometry")
+@app.command(
+    "ablate-isometry",
+    epilog=_examples(
+        "koopmanlens ablate-isometry yinyang", "koopmanlens ablate-isometry yinyang --quick --out runs/abl"
+    ),
+)
 def ablate_isometry(
     dataset: DatasetName = typer.Argument(DatasetName.yinyang, help="Only yinyang for now."),
     out: Path = typer.Option(Path("runs/ablate-isometry"), "--out", help="Output folder."),
@@ -269,10 +347,14 @@ def ablate_isometry(
     except KoopmanLensError as exc:
         _fail(exc)
     console.print(ablation_table(res))
-    console.print(f"closest to the original: isometry weight {res['closest_weight']:g}; results in {out}")
+    console.print(
+        f"closest to the original: isometry weight {res['closest_weight']:g}; results in {escape(str(out))}"
+    )
 
 
-@app.command()
+@app.command(
+    epilog=_examples("koopmanlens spectrum runs/yinyang", "koopmanlens spectrum runs/yinyang --top 3")
+)
 def spectrum(
     run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
@@ -295,8 +377,8 @@ def spectrum(
     for table in spectrum_tables(block):
         console.print(table)
     console.print(
-        f"written to {run_dir / 'metrics.json'} (key 'spectrum'); "
-        f"plot: {run_dir / 'figures' / 'spectrum.png'}"
+        f"written to {escape(str(run_dir / 'metrics.json'))} (key 'spectrum'); "
+        f"plot: {escape(str(run_dir / 'figures' / 'spectrum.png'))}"
     )
 
 

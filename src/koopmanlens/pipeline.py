@@ -25,6 +25,7 @@ from koopmanlens.rundir import open_new_run
 from koopmanlens.runs import write_run_files
 from koopmanlens.subject import SubjectConfig, evaluate_classifier, subject_config, train_resmlp
 from koopmanlens.surrogate import Surrogate, aligned_layers
+from koopmanlens.training import progress_bar
 
 
 def mean_sd(values: Sequence[float]) -> dict[str, float]:
@@ -51,6 +52,9 @@ def fit_surrogates(
 ) -> tuple[PairPreprocessor, dict[int, KoopmanAE], dict, list[float]]:
     """Fit one preprocessing and one KAE per seed; evaluate each on ``test``.
 
+    With ``progress``, an overall bar over the seeds (count, elapsed, ETA) sits above each seed's
+    own training bar.
+
     Returns:
         (preprocessor, {seed: kae}, the ``kae`` block of metrics.json, seconds per seed).
     """
@@ -64,37 +68,40 @@ def fit_surrogates(
         val_pair = pre.transform(vreps[layer_i], vreps[layer_j])
     kaes: dict[int, KoopmanAE] = {}
     per_seed, seconds = [], []
-    for seed in seeds:
-        ck = None if checkpoint_dir is None else Path(checkpoint_dir) / f"kae-seed-{seed}"
-        model = train_kae(
-            z_i,
-            z_j,
-            cfg,
-            seed=seed,
-            val=val_pair,
-            device=device,
-            progress=progress,
-            checkpoint=ck,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-        )
-        kaes[seed] = model
-        ev = Surrogate(network, layer_i, layer_j, pre, model).evaluate(test)
-        seconds.append(model.train_seconds_)
-        per_seed.append(
-            {
-                "seed": seed,
-                "test_top1": ev["top1"],
-                "test_macro": ev["macro"],
-                "agreement": ev["agreement"],
-                "test_per_class": ev["per_class"],
-                "best_epoch": model.best_epoch_,
-                "final_train_state_loss": next(
-                    r["state"] for r in reversed(model.history_) if not r.get("rollback")
-                ),
-                "rollbacks": model.rollbacks_,
-            }
-        )
+    with progress_bar(progress) as bar:
+        task = bar.add_task("KAE seeds", total=len(seeds), info="")
+        for seed in seeds:
+            ck = None if checkpoint_dir is None else Path(checkpoint_dir) / f"kae-seed-{seed}"
+            model = train_kae(
+                z_i,
+                z_j,
+                cfg,
+                seed=seed,
+                val=val_pair,
+                device=device,
+                progress=progress,
+                checkpoint=ck,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            )
+            kaes[seed] = model
+            ev = Surrogate(network, layer_i, layer_j, pre, model).evaluate(test)
+            seconds.append(model.train_seconds_)
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "test_top1": ev["top1"],
+                    "test_macro": ev["macro"],
+                    "agreement": ev["agreement"],
+                    "test_per_class": ev["per_class"],
+                    "best_epoch": model.best_epoch_,
+                    "final_train_state_loss": next(
+                        r["state"] for r in reversed(model.history_) if not r.get("rollback")
+                    ),
+                    "rollbacks": model.rollbacks_,
+                }
+            )
+            bar.update(task, advance=1, info=f"seed {seed}: top-1 {100 * ev['top1']:.2f}")
     block = {
         "seeds": list(seeds),
         "test_top1": mean_sd([r["test_top1"] for r in per_seed]),
@@ -235,8 +242,9 @@ def reproduce(
         metrics["timing_s"] = {"subject": t_subject, "kae": t_kae, "kae_per_seed": kae_seconds}
         surrogate = Surrogate(network, layer_i, layer_j, pre, kaes[min(kaes)])
         _analyses(
-            metrics, network, surrogate, kaes, train, test, edit_classes, edit_max_target_accuracy, topology
-        )
+            metrics, network, surrogate, kaes, train, test, edit_classes, edit_max_target_accuracy,
+            topology, progress,
+        )  # fmt: skip
         metrics["timing_s"]["total"] = time.perf_counter() - t0
         info = {
             "dataset": dataset,
@@ -255,7 +263,7 @@ def reproduce(
         if report:
             from koopmanlens.report import write_report
 
-            write_report(out)
+            write_report(out, progress=progress)
     return metrics
 
 
@@ -301,6 +309,7 @@ def _analyses(
     edit_classes: Sequence[int],
     edit_max_target_accuracy: float,
     topology: bool,
+    progress: bool = False,
 ) -> None:
     """The editing and topology blocks of ``metrics`` (in place), with their timings."""
     if edit_classes:
@@ -314,12 +323,15 @@ def _analyses(
             train,
             test,
             edit_classes,
+            progress=progress,
             max_target_accuracy=edit_max_target_accuracy,
         )
         metrics["timing_s"]["editing"] = time.perf_counter() - t2
     if topology:
         t3 = time.perf_counter()
-        metrics["topology"] = topology_block(network, network.layer_names(), train, test, surrogate)
+        metrics["topology"] = topology_block(
+            network, network.layer_names(), train, test, surrogate, progress=progress
+        )
         metrics["topology"]["kae_seed"] = min(kaes)
         metrics["timing_s"]["topology"] = time.perf_counter() - t3
 
@@ -367,34 +379,42 @@ def editing_block(
     ``test``; means and sds over the seeds (the ``editing`` key of metrics.json)."""
     rows = []
     cache: dict[int, tuple[torch.Tensor, editing.KeyStats]] = {}
-    for c in classes:
-        results = []
-        for seed, kae in sorted(kaes.items()):
-            sur = Surrogate(network, layer_i, layer_j, pre, kae)
-            if seed not in cache:
-                z = editing.class_observables(sur, train)
-                cache[seed] = (z, editing.KeyStats.of(z.T))
-            z, stats = cache[seed]
-            edit = editing.unlearn_class(
-                sur,
-                train,
-                c,
-                method=method,
-                observables=z,
-                stats=stats,
-                max_target_accuracy=max_target_accuracy,
-            )
-            results.append(editing.evaluate_edit(sur, edit, test))
-        row: dict = {"forget": c, "into": results[0]["into"], "into_per_seed": [r["into"] for r in results]}
-        for key in ("target_before", "target_after", "others_before", "others_after", "seconds"):
-            ms = mean_sd([r[key] for r in results])
-            row[key], row[key + "_sd"] = ms["mean"], ms["sd"]
-        row["solve_seconds"] = mean_sd(
-            [r["diagnostics"].get("solve_seconds", r["seconds"]) for r in results]
-        )["mean"]
-        row["lam_per_seed"] = [r["diagnostics"].get("lam_auto", [{}])[-1].get("lam") for r in results]
-        rows.append(row)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("edit class/seed", total=len(classes) * len(kaes), info="")
+        for c in classes:
+            results = []
+            for seed, kae in sorted(kaes.items()):
+                sur = Surrogate(network, layer_i, layer_j, pre, kae)
+                if seed not in cache:
+                    z = editing.class_observables(sur, train)
+                    cache[seed] = (z, editing.KeyStats.of(z.T))
+                z, stats = cache[seed]
+                edit = editing.unlearn_class(
+                    sur,
+                    train,
+                    c,
+                    method=method,
+                    observables=z,
+                    stats=stats,
+                    max_target_accuracy=max_target_accuracy,
+                )
+                results.append(editing.evaluate_edit(sur, edit, test))
+                bar.update(task, advance=1, info=f"class {c}, seed {seed}")
+            rows.append(_edit_row(c, results))
     return {"method": method, "split": "test", "max_target_accuracy": max_target_accuracy, "per_class": rows}
+
+
+def _edit_row(c: int, results: list[dict]) -> dict:
+    """One row of the ``editing`` block: means and sds over the seeds' edits of class ``c``."""
+    row: dict = {"forget": c, "into": results[0]["into"], "into_per_seed": [r["into"] for r in results]}
+    for key in ("target_before", "target_after", "others_before", "others_after", "seconds"):
+        ms = mean_sd([r[key] for r in results])
+        row[key], row[key + "_sd"] = ms["mean"], ms["sd"]
+    row["solve_seconds"] = mean_sd([r["diagnostics"].get("solve_seconds", r["seconds"]) for r in results])[
+        "mean"
+    ]
+    row["lam_per_seed"] = [r["diagnostics"].get("lam_auto", [{}])[-1].get("lam") for r in results]
+    return row
 
 
 def compute_views(
@@ -455,6 +475,15 @@ def compute_views(
     return {k_: v.contiguous() for k_, v in views.items()}, meta
 
 
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rho of two sequences; None when ``b`` is constant (rho undefined)."""
+    from scipy.stats import spearmanr
+
+    if len(set(b)) < 2:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
 def topology_block(
     network: nn.Module,
     layers: Sequence[str],
@@ -467,13 +496,12 @@ def topology_block(
     max_steps: int = 20,
     seed: int = 0,
     max_fit_points: int = 10000,
+    progress: bool = False,
 ) -> dict:
     """beta_0 along the network's layers (each preprocessed and aligned to the last layer, METHOD
     section 4, fitted on up to ``max_fit_points`` training samples) and along the KAE's decoded
     steps, on up to ``max_points`` test samples, at one eps. Default eps: the ``eps_quantile`` of the
     MST edge lengths of the first layer's aligned test states (:func:`koopmanlens.topology.suggest_eps`)."""
-    from scipy.stats import spearmanr
-
     from koopmanlens import topology
 
     g = torch.Generator().manual_seed(seed)
@@ -491,16 +519,19 @@ def topology_block(
     )
     if eps is None:
         eps = topology.suggest_eps(aligned[layers[0]], eps_quantile)
-    layer_b0 = [topology.betti0(aligned[n], eps) for n in layers]
     k = surrogate.kae.k
     steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
     states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps])
-    step_b0 = [topology.betti0(states[t], eps) for t in range(len(steps))]
+    with progress_bar(progress) as bar:
+        task = bar.add_task("topology layers+steps", total=len(layers) + len(steps), info="")
 
-    def rho(a: Sequence[float], b: Sequence[float]) -> float | None:
-        if len(set(b)) < 2:
-            return None
-        return float(spearmanr(a, b).statistic)
+        def b0(points: torch.Tensor, what: str) -> int:
+            n = topology.betti0(points, eps)
+            bar.update(task, advance=1, info=what)
+            return n
+
+        layer_b0 = [b0(aligned[n], n) for n in layers]
+        step_b0 = [b0(states[t], f"s = {s}") for t, s in enumerate(steps)]
 
     return {
         "eps": float(eps),
@@ -508,10 +539,10 @@ def topology_block(
         "n_points": len(sub),
         "layers": list(layers),
         "layer_beta0": layer_b0,
-        "layer_spearman": rho(range(len(layers)), layer_b0),
+        "layer_spearman": _spearman(range(len(layers)), layer_b0),
         "kae_steps": steps,
         "kae_beta0": step_b0,
-        "kae_spearman": rho(steps, step_b0),
+        "kae_spearman": _spearman(steps, step_b0),
     }
 
 

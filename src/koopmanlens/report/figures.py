@@ -1,9 +1,14 @@
 """PNG figures of a run (matplotlib, headless): the paper's Figs. B1/B2 (layers), 3B (KAE steps),
 4 (observables before/after an edit), 2B/3A (Betti sequences), the operator's spectrum and the
-training curves. Each function takes saved results and writes one PNG."""
+training curves. Each function takes saved results and writes one PNG.
+
+A PNG is rendered in memory and written with :func:`koopmanlens.io.atomic_write_bytes` (a temporary
+file beside it, then a rename): a crash never leaves half a PNG, and a symlink planted at a figure's
+name is replaced, never followed out of the run folder."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -16,6 +21,19 @@ import numpy as np
 CMAP = "tab10"
 
 
+def save_png(fig: plt.Figure, path: Path, dpi: int = 90) -> Path:
+    """Render ``fig`` to PNG bytes, close it, and write them atomically to ``path``."""
+    from koopmanlens.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def _scatter3d(ax, pts: np.ndarray, labels: np.ndarray, title: str, class_names: list[str]) -> None:
     for c in np.unique(labels):
         sel = labels == c
@@ -26,7 +44,7 @@ def _scatter3d(ax, pts: np.ndarray, labels: np.ndarray, title: str, class_names:
             s=2,
             alpha=0.6,
             color=plt.get_cmap(CMAP)(int(c) % 10),
-            label=class_names[int(c)] if class_names else str(c),
+            label=str(class_names[int(c)]) if int(c) < len(class_names) else str(c),
         )
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("PC1", fontsize=7)
@@ -49,9 +67,7 @@ def _grid(
     fig.legend(handles, names, loc="lower center", ncol=min(10, len(names)), markerscale=4, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def layers_figure(views: dict, meta: dict, path: Path) -> Path:
@@ -103,9 +119,7 @@ def spectrum_figure(views: dict, path: Path) -> Path:
         ax.set_ylabel("imaginary part")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def training_figure(run_dir: Path, path: Path) -> Path | None:
@@ -131,9 +145,7 @@ def training_figure(run_dir: Path, path: Path) -> Path | None:
             ax.legend(fontsize=6)
     fig.suptitle("KAE training curves")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def topology_figure(metrics: dict, path: Path) -> Path | None:
@@ -155,14 +167,16 @@ def topology_figure(metrics: dict, path: Path) -> Path | None:
         ax.set_ylabel("beta_0 (components)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def write_figures(run_dir: Path, views: dict | None, meta: dict | None, metrics: dict) -> dict[str, Path]:
     """Every figure that the saved results allow, into ``run_dir/figures``."""
+    from koopmanlens.errors import ArtifactError
+
     out = run_dir / "figures"
+    if out.is_symlink():
+        raise ArtifactError(f"{out} is a symbolic link; refusing to write figures through it")
     out.mkdir(exist_ok=True)
     made: dict[str, Path | None] = {
         "training": training_figure(run_dir, out / "training.png"),
@@ -195,6 +209,4 @@ def ablation_figure(result: dict, path: Path) -> Path:
         ax.set_title(f"beta_{d} curves, {result['layer']}")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

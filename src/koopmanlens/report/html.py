@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from koopmanlens.report.tables import pct
+from koopmanlens.report import sections
 
 PALETTE = [
     "#1f77b4",
@@ -26,10 +26,34 @@ PALETTE = [
 ]
 
 
+def plotly_text(value: object) -> str:
+    """Text for plotly (trace names, slider labels, titles): plotly reads a subset of HTML in them
+    (``<a href>``, ``<b>``, ...), so ``<``, ``>`` and ``&`` are escaped and show as themselves.
+    (plotly's own JSON escapes ``<``, ``>`` and ``/`` too, so no string can close the ``<script>``.)"""
+    return html.escape(str(value), quote=False)
+
+
+def slider_labels(names: list[str], max_labels: int = 11) -> list[str]:
+    """Labels under the slider's ticks: all of them when few, else every n-th (the others blank, so
+    that labels never overlap; the figure's title names the step shown)."""
+    every = -(-len(names) // max_labels)
+    return [plotly_text(n) if i % every == 0 else "" for i, n in enumerate(names)]
+
+
+def _slider_steps(names: list[str], prefix: str) -> list[dict]:
+    """One slider step per frame ``prefix{i}``, jumping to it at once."""
+    jump = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
+    return [
+        {"method": "animate", "label": label, "args": [[f"{prefix}{i}"], jump]}
+        for i, label in enumerate(slider_labels(names))
+    ]
+
+
 def _slider_figure(
-    clouds: np.ndarray, names: list[str], labels: np.ndarray, class_names: list[str], title: str, prefix: str
+    clouds: np.ndarray, names: list[str], labels: np.ndarray, class_names: list, title: str, prefix: str
 ):
-    """A 3-D scatter, one trace per class, with a slider whose frames are ``clouds[i]``."""
+    """A 3-D scatter, one trace per class, with a slider whose frames are ``clouds[i]``; the title
+    says which frame is shown."""
     import plotly.graph_objects as go
 
     classes = [int(c) for c in np.unique(labels)]
@@ -42,26 +66,17 @@ def _slider_figure(
                 z=pts[labels == c, 2],
                 mode="markers",
                 marker={"size": 2, "color": PALETTE[c % 10]},
-                name=class_names[c] if c < len(class_names) else str(c),
+                name=plotly_text(class_names[c] if c < len(class_names) else c),
             )
             for c in classes
         ]
 
+    def heading(i: int) -> dict:
+        return {"text": f"{title}: {plotly_text(names[i])}", "font": {"size": 14}}
+
     lo, hi = clouds.reshape(-1, 3).min(0), clouds.reshape(-1, 3).max(0)
-    frames = [go.Frame(data=traces(clouds[i]), name=f"{prefix}{i}") for i in range(len(clouds))]
-    steps = [
-        {
-            "method": "animate",
-            "label": names[i],
-            "args": [
-                [f"{prefix}{i}"],
-                {
-                    "mode": "immediate",
-                    "frame": {"duration": 0, "redraw": True},
-                    "transition": {"duration": 0},
-                },
-            ],
-        }
+    frames = [
+        go.Frame(data=traces(clouds[i]), name=f"{prefix}{i}", layout={"title": heading(i)})
         for i in range(len(clouds))
     ]
     axis = {
@@ -70,159 +85,126 @@ def _slider_figure(
     }
     fig = go.Figure(data=traces(clouds[0]), frames=frames)
     fig.update_layout(
-        title=title,
+        title=heading(0),
+        autosize=True,
         height=560,
         margin={"l": 0, "r": 0, "t": 40, "b": 0},
         scene={**axis, "aspectmode": "cube"},
         legend={"title": {"text": "class"}},
-        sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "showing: "}}],
+        sliders=[
+            {
+                "active": 0,
+                "steps": _slider_steps(names, prefix),
+                "currentvalue": {"visible": False},
+                "font": {"size": 10},
+                "pad": {"t": 10, "b": 10},
+            }
+        ],
     )
     return fig
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _metrics_html(metrics: dict) -> str:
-    kae, subj = metrics["kae"], metrics["subject"]
-    parts = [
-        f"<h2>Surrogate accuracy (held-out {metrics.get('split', 'test')} split, "
-        f"{metrics.get('n_test', '?')} samples)</h2>"
-    ]
-    parts.append(
-        _table(
-            ["dataset", "MLP top-1", "MLP macro", "KAE top-1 mean (sd)", "KAE macro mean (sd)", "agreement"],
-            [
-                [
-                    metrics["dataset"],
-                    pct(subj["test_top1"]),
-                    pct(subj["test_macro"]),
-                    f"{pct(kae['test_top1']['mean'])} ({100 * kae['test_top1']['sd']:.2f})",
-                    f"{pct(kae['test_macro']['mean'])} ({100 * kae['test_macro']['sd']:.2f})",
-                    pct(kae.get("agreement", {}).get("mean")),
-                ]
-            ],
-        )
-    )
-    parts.append(
-        _table(
-            ["seed", "top-1", "macro", "agreement"],
-            [
-                [r["seed"], pct(r["test_top1"]), pct(r["test_macro"]), pct(r.get("agreement"))]
-                for r in kae["per_seed"]
-            ],
-        )
-    )
-    if metrics.get("editing"):
-        e = metrics["editing"]
-        parts.append(f"<h2>Unlearning by editing the operator ({html.escape(e['method'])})</h2>")
-        parts.append(
-            _table(
-                ["forget", "into", "target before", "target after", "others before", "others after", "ms"],
-                [
-                    [
-                        r["forget"],
-                        r["into"],
-                        pct(r["target_before"]),
-                        pct(r["target_after"]),
-                        pct(r["others_before"]),
-                        pct(r["others_after"]),
-                        f"{1000 * r['seconds']:.1f}",
-                    ]
-                    for r in e["per_class"]
-                ],
-            )
-        )
-    if metrics.get("topology"):
-        t = metrics["topology"]
-        parts.append(f"<h2>Topology: beta_0 at eps = {t['eps']:.4g}</h2>")
-        parts.append(
-            _table(
-                ["sequence", "beta_0", "Spearman"],
-                [
-                    ["layers", " → ".join(map(str, t["layer_beta0"])), t.get("layer_spearman")],
-                    ["KAE steps", " → ".join(map(str, t["kae_beta0"])), t.get("kae_spearman")],
-                ],
-            )
-        )
-    return "\n".join(parts)
 
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1400px;margin:auto;padding:1em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}.row{display:flex;gap:1em;flex-wrap:wrap}.row>div{flex:1;min-width:420px}
+th{background:#f3f3f3}
+.row{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:1em}
+.row>div{min-width:0;overflow:hidden}
+@media (max-width:900px){.row{grid-template-columns:minmax(0,1fr)}}
 img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 """
 
+TITLES = {
+    "layers": "Network layers (Figs. B1/B2)",
+    "steps": "Decoded KAE steps (Fig. 3B)",
+    "edit": "Observable space before / after an edit (Fig. 4)",
+    "topology": "Betti sequences (Fig. 3A)",
+    "spectrum": "Spectrum of the operator",
+    "training": "Training curves",
+}
+
+
+def _views_html(views: dict, meta: dict) -> str:
+    """The two interactive 3-D views side by side, each fitting its column."""
+    import plotly.io as pio
+
+    labels = views["labels"].numpy()
+    figs = {
+        "kae-steps": _slider_figure(
+            views["steps"].numpy(),
+            [f"s = {s}" for s in meta["steps"]],
+            labels,
+            list(meta["class_names"]),
+            "Decoded KAE steps",
+            "step",
+        ),
+        "net-layers": _slider_figure(
+            views["layers"].numpy(),
+            list(meta["layers"]),
+            labels,
+            list(meta["class_names"]),
+            "Network layers, aligned",
+            "layer",
+        ),
+    }
+    cols = "".join(
+        "<div>"
+        + pio.to_html(
+            fig,
+            include_plotlyjs=False,
+            full_html=False,
+            div_id=div_id,
+            auto_play=False,
+            config={"responsive": True},
+        )
+        + "</div>"
+        for div_id, fig in figs.items()
+    )
+    return (
+        "<h2>Interactive: KAE steps beside the network's layers (top-3 PCs, one basis)</h2>"
+        f'<div class="row">{cols}</div>'
+    )
+
 
 def write_html(
-    run_dir: Path, metrics: dict, figures: dict[str, Path], views: dict | None, meta: dict | None
+    run_dir: Path,
+    metrics: dict,
+    figures: dict[str, Path],
+    views: dict | None,
+    meta: dict | None,
+    info: dict | None = None,
 ) -> Path:
-    """Write ``run_dir/report.html`` and return its path."""
-    import plotly.io as pio
+    """Write ``run_dir/report.html`` (atomically) and return its path. ``info`` is run.json."""
     from plotly.offline import get_plotlyjs
 
     from koopmanlens.io import atomic_write_bytes
 
     body = [
-        f"<h1>koopmanlens run: {html.escape(metrics['dataset'])}</h1>",
-        f"<p>Run folder <code>{html.escape(str(run_dir))}</code>. All numbers on held-out data.</p>",
-        _metrics_html(metrics),
+        f"<h1>koopmanlens run: {sections.esc(metrics['dataset'])}</h1>",
+        f"<p>Run folder <code>{sections.esc(run_dir)}</code>. All numbers on held-out data.</p>",
+        sections.spec_html(info),
+        sections.metrics_html(metrics),
+        sections.editing_html(metrics),
+        sections.edits_html(run_dir),
+        sections.topology_html(metrics),
+        sections.spectrum_html(metrics),
     ]
     if views is not None and meta is not None:
-        labels = views["labels"].numpy()
-        steps_fig = _slider_figure(
-            views["steps"].numpy(),
-            [f"s = {s}" for s in meta["steps"]],
-            labels,
-            meta["class_names"],
-            "Decoded KAE steps (slider: step s)",
-            "step",
-        )
-        layers_fig = _slider_figure(
-            views["layers"].numpy(),
-            list(meta["layers"]),
-            labels,
-            meta["class_names"],
-            "Network layers, aligned (slider: layer)",
-            "layer",
-        )
-        body.append("<h2>Interactive: KAE steps beside the network's layers (top-3 PCs, one basis)</h2>")
-        body.append(
-            '<div class="row"><div>'
-            + pio.to_html(
-                steps_fig, include_plotlyjs=False, full_html=False, div_id="kae-steps", auto_play=False
-            )
-            + "</div><div>"
-            + pio.to_html(
-                layers_fig, include_plotlyjs=False, full_html=False, div_id="net-layers", auto_play=False
-            )
-            + "</div></div>"
-        )
-    titles = {
-        "layers": "Network layers (Figs. B1/B2)",
-        "steps": "Decoded KAE steps (Fig. 3B)",
-        "edit": "Observable space before / after an edit (Fig. 4)",
-        "topology": "Betti sequences (Fig. 3A)",
-        "spectrum": "Spectrum of the operator",
-        "training": "Training curves",
-    }
+        body.append(_views_html(views, meta))
     body.append("<h2>Figures</h2>")
     for key, path in figures.items():
         data = base64.b64encode(Path(path).read_bytes()).decode()
         body.append(
-            f"<h3>{html.escape(titles.get(key, key))}</h3>"
-            f"<img alt='{key}' src='data:image/png;base64,{data}'>"
+            f"<h3>{sections.esc(TITLES.get(key, key))}</h3>"
+            f"<img alt='{sections.esc(key)}' src='data:image/png;base64,{data}'>"
         )
     page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>koopmanlens report</title>"
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<title>koopmanlens report</title>"
         f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>"
-        + "\n".join(body)
+        + "\n".join(b for b in body if b)
         + "</body></html>"
     )
     out = run_dir / "report.html"
@@ -230,16 +212,33 @@ def write_html(
     return out
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Figures and ``report.html`` for a saved run (reads ``views.safetensors`` when present)."""
+def write_report(run_dir: str | Path, progress: bool = False) -> Path:
+    """Figures and ``report.html`` for a saved run (reads ``views.safetensors`` when present).
+
+    Raises :class:`~koopmanlens.errors.ArtifactError` when metrics.json, views.json or run.json hold
+    values of the wrong type (a string where a number belongs, a missing key)."""
+    from koopmanlens.errors import ArtifactError
     from koopmanlens.io import read_json, read_tensors
     from koopmanlens.report.figures import write_figures
+    from koopmanlens.training import progress_bar
 
     run_dir = Path(run_dir)
     metrics = read_json(run_dir / "metrics.json")
+    info = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else None
     views = meta = None
     if (run_dir / "views.safetensors").exists():
         views = read_tensors(run_dir / "views.safetensors")
         meta = read_json(run_dir / "views.json")
-    figures = write_figures(run_dir, views, meta, metrics)
-    return write_html(run_dir, metrics, figures, views, meta)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("writing report", total=2, info="figures")
+        try:
+            figures = write_figures(run_dir, views, meta, metrics)
+            bar.update(task, advance=1, info="report.html")
+            out = write_html(run_dir, metrics, figures, views, meta, info)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(
+                f"cannot write the report of {run_dir}: metrics.json, views.json or run.json holds "
+                f"a value of the wrong type or lacks a key ({type(exc).__name__}: {exc})"
+            ) from exc
+        bar.update(task, advance=1, info="")
+    return out

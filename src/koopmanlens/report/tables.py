@@ -1,19 +1,72 @@
-"""Tables shaped like the paper's Table 1 (rich). Reads metrics, computes
-nothing new."""
+"""Tables shaped like the paper's Table 1 (rich). Reads metrics, computes nothing new.
+
+Every string that comes from a file (names of datasets, layers, classes, methods) goes through
+:func:`t`, i.e. ``rich.markup.escape``, so that ``[/x]`` or ``[link=...]`` in a run folder is printed
+as it is and never read as rich markup. Numbers go through :func:`num`, which refuses non-numbers."""
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 
-def pct(x: float | None) -> str:
-    """A fraction as a percentage with two decimals."""
-    return "-" if x is None else f"{100 * x:.2f}"
+def t(value: object) -> str:
+    """Any value as text that rich prints literally (markup escaped)."""
+    return escape(str(value))
+
+
+def real(value: object) -> float:
+    """``value`` as a float when it is a real number (not a bool); ``TypeError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, found {value!r}")
+    return float(value)
+
+
+def num(value: object, spec: str) -> str:
+    """A real number formatted with ``spec``; ``TypeError`` for anything else (strings, lists)."""
+    return format(real(value), spec)
+
+
+def pct(x: object) -> str:
+    """A fraction as a percentage with two decimals (``-`` for None)."""
+    return "-" if x is None else f"{100 * real(x):.2f}"
 
 
 def pct_sd(block: dict) -> str:
     """``{"mean", "sd"}`` as ``mean (sd)`` in percent."""
-    return f"{pct(block['mean'])} ({100 * block['sd']:.2f})"
+    return f"{pct(block['mean'])} ({100 * real(block['sd']):.2f})"
+
+
+def fmt_rho(r: object) -> str:
+    """A correlation with two decimals and its sign, or ``-`` when undefined."""
+    return "-" if r is None else num(r, "+.2f")
+
+
+def seeds_text(seeds: object) -> str:
+    """A list of seeds as ``0..4 (5 seeds)`` when consecutive, else the list itself."""
+    if isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds):
+        n = len(seeds)
+        if seeds == list(range(seeds[0], seeds[0] + n)):
+            span = str(seeds[0]) if n == 1 else f"{seeds[0]}..{seeds[-1]}"
+            return f"{span} ({n} seed{'s' if n > 1 else ''})"
+    return str(seeds)
+
+
+def run_spec(info: dict) -> list[tuple[str, str]]:
+    """What a run was made with, from its run.json: dataset, preset, quick, seeds and layers (plain,
+    unescaped text: escape it for the medium it goes to)."""
+    rows = [("dataset", str(info.get("dataset", "?")))]
+    if "preset" in info:
+        rows.append(("preset", str(info["preset"])))
+    if "quick" in info:
+        quick = info["quick"]
+        rows.append(("quick", "yes" if quick is True else "no" if quick is False else str(quick)))
+    for key in ("subset", "width"):
+        if info.get(key) is not None:
+            rows.append((key, str(info[key])))
+    rows.append(("seeds", seeds_text(info.get("seeds", "?"))))
+    rows.append(("layers", f"{info.get('layer_i', '?')} -> {info.get('layer_j', '?')}"))
+    return rows
 
 
 def results_table(metrics: dict) -> Table:
@@ -21,8 +74,8 @@ def results_table(metrics: dict) -> Table:
     kae = metrics["kae"]
     n_seeds = len(kae["seeds"])
     table = Table(
-        title=f"{metrics['dataset']}: held-out {metrics.get('split', 'test')} split "
-        f"({metrics.get('n_test', '?')} samples), KAE over {n_seeds} seed(s)"
+        title=f"{t(metrics['dataset'])}: held-out {t(metrics.get('split', 'test'))} split "
+        f"({t(metrics.get('n_test', '?'))} samples), KAE over {n_seeds} seed(s)"
     )
     table.add_column("Dataset")
     table.add_column("MLP top-1", justify="right")
@@ -32,7 +85,7 @@ def results_table(metrics: dict) -> Table:
     table.add_column("agreement (sd)", justify="right")
     subj = metrics["subject"]
     table.add_row(
-        metrics["dataset"],
+        t(metrics["dataset"]),
         pct(subj["test_top1"]),
         pct(subj["test_macro"]),
         pct_sd(kae["test_top1"]),
@@ -49,18 +102,21 @@ def per_seed_table(metrics: dict) -> Table:
         table.add_column(col, justify="right")
     for row in metrics["kae"]["per_seed"]:
         table.add_row(
-            str(row["seed"]), pct(row["test_top1"]), pct(row["test_macro"]), pct(row.get("agreement"))
+            t(row["seed"]), pct(row["test_top1"]), pct(row["test_macro"]), pct(row.get("agreement"))
         )
     return table
 
 
 def timing_line(metrics: dict) -> str:
     """Stage timings as one line."""
-    t = metrics.get("timing_s", {})
+    s = metrics.get("timing_s", {})
     return (
-        f"time: subject {t.get('subject', 0):.1f} s, KAE {t.get('kae', 0):.1f} s, "
-        f"total {t.get('total', 0):.1f} s"
+        f"time: subject {num(s.get('subject', 0), '.1f')} s, KAE {num(s.get('kae', 0), '.1f')} s, "
+        f"total {num(s.get('total', 0), '.1f')} s"
     )
+
+
+EDIT_KEYS = ("target_before", "target_after", "others_before", "others_after")
 
 
 def editing_table(metrics: dict) -> Table | None:
@@ -68,7 +124,7 @@ def editing_table(metrics: dict) -> Table | None:
     block = metrics.get("editing")
     if not block:
         return None
-    table = Table(title=f"unlearning by editing the operator ({block['method']}), held-out test split")
+    table = Table(title=f"unlearning by editing the operator ({t(block['method'])}), held-out test split")
     for col in (
         "forget",
         "into",
@@ -81,13 +137,10 @@ def editing_table(metrics: dict) -> Table | None:
         table.add_column(col, justify="right")
     for r in block["per_class"]:
         table.add_row(
-            str(r["forget"]),
-            str(r["into"]),
-            f"{pct(r['target_before'])} ({100 * r.get('target_before_sd', 0):.2f})",
-            f"{pct(r['target_after'])} ({100 * r.get('target_after_sd', 0):.2f})",
-            f"{pct(r['others_before'])} ({100 * r.get('others_before_sd', 0):.2f})",
-            f"{pct(r['others_after'])} ({100 * r.get('others_after_sd', 0):.2f})",
-            f"{1000 * r['seconds']:.1f}",
+            t(r["forget"]),
+            t(r["into"]),
+            *(f"{pct(r[k])} ({pct(r.get(k + '_sd', 0))})" for k in EDIT_KEYS),
+            f"{1000 * real(r['seconds']):.1f}",
         )
     return table
 
@@ -98,40 +151,37 @@ def topology_table(metrics: dict) -> Table | None:
     if not block:
         return None
 
-    def fmt(r: float | None) -> str:
-        return "-" if r is None else f"{r:+.2f}"
-
-    table = Table(title=f"beta_0 at eps = {block['eps']:.4g} on {block['n_points']} test points")
+    table = Table(title=f"beta_0 at eps = {num(block['eps'], '.4g')} on {t(block['n_points'])} test points")
     table.add_column("sequence")
     table.add_column("beta_0")
     table.add_column("Spearman(step, beta_0)", justify="right")
     table.add_row(
-        "layers " + " -> ".join(block["layers"]),
-        " -> ".join(map(str, block["layer_beta0"])),
-        fmt(block.get("layer_spearman")),
+        t("layers " + " -> ".join(map(str, block["layers"]))),
+        t(" -> ".join(map(str, block["layer_beta0"]))),
+        fmt_rho(block.get("layer_spearman")),
     )
     table.add_row(
-        f"KAE steps {block['kae_steps'][0]}..{block['kae_steps'][-1]}",
-        " -> ".join(map(str, block["kae_beta0"])),
-        fmt(block.get("kae_spearman")),
+        t(f"KAE steps {block['kae_steps'][0]}..{block['kae_steps'][-1]}"),
+        t(" -> ".join(map(str, block["kae_beta0"]))),
+        fmt_rho(block.get("kae_spearman")),
     )
     return table
 
 
 def edit_table(results: list[dict], forget: int, method: str) -> Table:
     """One row per seed of :func:`koopmanlens.editing.evaluate_edit` results (with ``seed``)."""
-    table = Table(title=f"forget class {forget} ({method}), held-out test split")
+    table = Table(title=f"forget class {t(forget)} ({t(method)}), held-out test split")
     for col in ("seed", "into", "target before", "target after", "others before", "others after", "ms"):
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(
-            str(r["seed"]),
-            str(r["into"]),
+            t(r["seed"]),
+            t(r["into"]),
             pct(r["target_before"]),
             pct(r["target_after"]),
             pct(r["others_before"]),
             pct(r["others_after"]),
-            f"{1000 * r['seconds']:.1f}",
+            f"{1000 * real(r['seconds']):.1f}",
         )
     return table
 
@@ -139,7 +189,7 @@ def edit_table(results: list[dict], forget: int, method: str) -> Table:
 def ablation_table(result: dict) -> Table:
     """The isometry ablation: Betti-curve distances to the original per weight."""
     table = Table(
-        title=f"isometry ablation: Betti-curve distance to the original ({result['n_points']} test points)"
+        title=f"isometry ablation: Betti-curve distance to the original ({t(result['n_points'])} test points)"
     )
     for col in ("isometry weight", "dist beta_0", "dist beta_1", "sum", "KAE top-1"):
         table.add_column(col, justify="right")
@@ -159,9 +209,9 @@ def spectrum_tables(block: dict) -> list[Table]:
     tables = []
     for rep in block["per_seed"]:
         table = Table(
-            title=f"seed {rep['seed']}: {rep['n_growing']} growing, {rep['n_decaying']} decaying, "
-            f"{rep['n_oscillating']} oscillating modes; "
-            f"spectral radius of exp(G) {rep['spectral_radius']:.4f}"
+            title=f"seed {t(rep['seed'])}: {t(rep['n_growing'])} growing, {t(rep['n_decaying'])} decaying, "
+            f"{t(rep['n_oscillating'])} oscillating modes; "
+            f"spectral radius of exp(G) {num(rep['spectral_radius'], '.4f')}"
         )
         for col in (
             "mode",
@@ -174,11 +224,11 @@ def spectrum_tables(block: dict) -> list[Table]:
         for m in rep["dominant_modes"]:
             owners = [str(c) for c, d in enumerate(rep.get("class_dominant_mode", [])) if d == m["index"]]
             table.add_row(
-                str(m["index"]),
-                f"{m['generator_eigenvalue'][0]:+.4f}",
-                f"{m['generator_eigenvalue'][1]:+.4f}",
-                f"{m['operator_modulus']:.4f}",
-                ", ".join(owners) or "-",
+                t(m["index"]),
+                num(m["generator_eigenvalue"][0], "+.4f"),
+                num(m["generator_eigenvalue"][1], "+.4f"),
+                num(m["operator_modulus"], ".4f"),
+                t(", ".join(owners) or "-"),
             )
         tables.append(table)
     return tables
