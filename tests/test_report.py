@@ -95,7 +95,7 @@ def _driver():
     return webdriver.Chrome(service=Service(chromedriver), options=opts)
 
 
-def test_report_in_headless_chromium(report_run):
+def test_report_in_headless_chromium(report_run, tmp_path):
     driver = _driver()
     try:
         start = time.perf_counter()
@@ -136,8 +136,9 @@ def test_report_in_headless_chromium(report_run):
         assert after != before
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
-        driver.save_screenshot(str(report_run / "report-screenshot.png"))
-        (report_run / "report-load.json").write_text(json.dumps({"load_s": load_s}))
+        # test artifacts go beside the run, not into it (a run folder holds only what koopmanlens writes)
+        driver.save_screenshot(str(tmp_path / "report-screenshot.png"))
+        (tmp_path / "report-load.json").write_text(json.dumps({"load_s": load_s}))
     finally:
         driver.quit()
 
@@ -176,11 +177,24 @@ def planted_run(report_run, tmp_path):
     for name in ("metrics.json", "run.json", "views.json", *edits):
         path = run / name
         path.write_text(json.dumps(_plant(json.loads(path.read_text()))))
+    write_report(run)
+    return run
+
+
+def test_report_refuses_a_payload_where_a_number_belongs(report_run, tmp_path):
+    """The probe's ``n_test``: a string where metrics.json holds a count never reaches the page."""
+    from koopmanlens.errors import KoopmanLensError
+    from koopmanlens.report import write_report
+
+    run = tmp_path / "n_test"
+    shutil.copytree(report_run, run)
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["n_test"] = PAYLOAD
     (run / "metrics.json").write_text(json.dumps(metrics))
-    write_report(run)
-    return run
+    before = (run / "report.html").read_bytes()
+    with pytest.raises(KoopmanLensError, match="n_test"):
+        write_report(run)
+    assert (run / "report.html").read_bytes() == before
 
 
 def test_report_escapes_planted_strings(planted_run):
@@ -224,13 +238,13 @@ def test_report_with_wrong_types_fails_clearly(report_run, tmp_path):
     (run / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(KoopmanLensError, match=r"metrics\.json"):
         write_report(run)
-    metrics["topology"]["eps"] = 0.5
+    metrics = json.loads((report_run / "metrics.json").read_text())
     (run / "metrics.json").write_text(json.dumps(metrics))
     views = json.loads((run / "views.json").read_text())
     views["class_names"] = [1, None, {"b": 2}]
     (run / "views.json").write_text(json.dumps(views))
-    write_report(run)  # odd but harmless values are shown as text
-    assert "[1, 2]" in (run / "report.html").read_text()
+    with pytest.raises(KoopmanLensError, match=r"views\.json.*class_names"):
+        write_report(run)  # checked on load: the file, the field and what was found
 
 
 def test_report_does_not_follow_symlinks(report_run, tmp_path):
@@ -244,11 +258,14 @@ def test_report_does_not_follow_symlinks(report_run, tmp_path):
         (run / name).unlink()
         (run / name).symlink_to(target)
     res = runner.invoke(app, ["report", str(run)])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 2 and "symbolic link" in res.output, res.output  # refused up front
+    from koopmanlens.errors import ArtifactError
+    from koopmanlens.report import write_report
+
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        write_report(run)  # the writer itself never writes through a link either
     for target in outside.iterdir():
         assert target.read_bytes() == b"precious"
-    assert not (run / "figures" / "training.png").is_symlink()
-    assert (run / "figures" / "training.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_shows_post_processing_results(report_run, tmp_path):

@@ -218,17 +218,14 @@ def write_report(run_dir: str | Path, progress: bool = False) -> Path:
     Raises :class:`~koopmanlens.errors.ArtifactError` when metrics.json, views.json or run.json hold
     values of the wrong type (a string where a number belongs, a missing key)."""
     from koopmanlens.errors import ArtifactError
-    from koopmanlens.io import read_json, read_tensors
     from koopmanlens.report.figures import write_figures
+    from koopmanlens.runs import load_views, read_metrics, read_run_info
     from koopmanlens.training import progress_bar
 
     run_dir = Path(run_dir)
-    metrics = read_json(run_dir / "metrics.json")
-    info = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else None
-    views = meta = None
-    if (run_dir / "views.safetensors").exists():
-        views = read_tensors(run_dir / "views.safetensors")
-        meta = read_json(run_dir / "views.json")
+    metrics = read_metrics(run_dir)
+    info = read_run_info(run_dir) if (run_dir / "run.json").exists() else None
+    views, meta = load_views(run_dir) or (None, None)
     with progress_bar(progress) as bar:
         task = bar.add_task("writing report", total=2, info="figures")
         try:
