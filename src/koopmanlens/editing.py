@@ -5,7 +5,8 @@ Column convention everywhere in this module: a matrix W maps a key column k to a
 v = W k. Keys are stacked as columns, K_E (d x B), values V_E (d_out x B), preserved keys K_0 (d x N).
 For the Koopman operator W = exp(G) (p x p) and keys are observables phi(x_i).
 
-Methods (all float64 inside, solves instead of inverses):
+Methods (all float64 inside, solves instead of inverses; the closed-form solvers live in
+:mod:`koopmanlens.edit_solvers` and are re-exported here):
 
 * ``emmet``: EMMET (Gupta et al. 2024), equality-constrained: the edit keys map exactly to their
   values (when feasible) while W changes least on the preserved keys.
@@ -28,189 +29,33 @@ import numpy as np
 import torch
 
 from koopmanlens.data import Dataset
+from koopmanlens.edit_solvers import (
+    KeyStats,
+    emmet,
+    memit,
+    preservation_covariance,
+    reduce_keys,
+)
 from koopmanlens.errors import InputError
 from koopmanlens.surrogate import Surrogate
 
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "Edit",
+    "KeyStats",
+    "class_observables",
+    "emmet",
+    "evaluate_edit",
+    "memit",
+    "nearest_class",
+    "preservation_covariance",
+    "reduce_keys",
+    "unlearn_class",
+]
+
 METHODS = ("emmet-kmeans", "memit", "emmet")
 DEFAULT_METHOD = "memit"
-
-
-def _f64(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
-    t = torch.as_tensor(x).detach().to(torch.float64)
-    if t.ndim != 2:
-        raise InputError(f"{what} must be a matrix, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise InputError(f"{what} holds NaN or inf")
-    return t
-
-
-def _check_shapes(W: torch.Tensor, K_E: torch.Tensor, V_E: torch.Tensor, K_0: torch.Tensor | None) -> None:
-    d_out, d = W.shape
-    if K_E.shape[0] != d:
-        raise InputError(f"edit keys have dimension {K_E.shape[0]}, but W takes keys of dimension {d}")
-    if V_E.shape != (d_out, K_E.shape[1]):
-        raise InputError(f"values must have shape ({d_out}, {K_E.shape[1]}), got {tuple(V_E.shape)}")
-    if K_0 is not None and K_0.shape[0] != d:
-        raise InputError(f"preserved keys have dimension {K_0.shape[0]}, but W takes keys of dimension {d}")
-    if K_E.shape[1] == 0:
-        raise InputError("no edit keys")
-
-
-def _solve(A: torch.Tensor, B: torch.Tensor, what: str) -> torch.Tensor:
-    """A^-1 B with a clear error when A is singular."""
-    try:
-        X = torch.linalg.solve(A, B)
-    except RuntimeError as exc:
-        raise InputError(f"{what} is singular; add a ridge (lambda > 0) or reduce the keys") from exc
-    if not torch.isfinite(X).all():
-        raise InputError(f"{what} is singular; add a ridge (lambda > 0) or reduce the keys")
-    return X
-
-
-def _cond(A: torch.Tensor) -> float:
-    return float(torch.linalg.cond(A)) if A.numel() else 0.0
-
-
-@dataclass(frozen=True)
-class KeyStats:
-    """Second-moment statistics of preserved keys: ``gram`` = K_0 K_0^T (d x d) and the key count
-    ``n``. Everything the edits need from K_0, so they can be precomputed once per operator (as
-    MEMIT precomputes its "mom2" statistics) instead of once per edit."""
-
-    gram: torch.Tensor
-    n: int
-
-    @classmethod
-    def of(cls, keys: torch.Tensor) -> KeyStats:
-        """Statistics of keys given as columns (d x N)."""
-        keys = _f64(keys, "preserved keys")
-        return cls(keys @ keys.T, int(keys.shape[1]))
-
-
-def _stats(K_0: torch.Tensor | KeyStats | None, d: int) -> KeyStats | None:
-    if K_0 is None:
-        return None
-    stats = K_0 if isinstance(K_0, KeyStats) else KeyStats.of(K_0)
-    if stats.gram.shape != (d, d):
-        raise InputError(
-            f"preserved keys have dimension {stats.gram.shape[0]}, but W takes keys of dimension {d}"
-        )
-    return stats
-
-
-def preservation_covariance(
-    K_0: torch.Tensor | KeyStats | None, d: int, lambda_mom2: float, lambda_norm: float
-) -> torch.Tensor:
-    """C_0 = lambda_mom2 K_0 K_0^T / N + lambda_norm I (METHOD section 8)."""
-    C = lambda_norm * torch.eye(d, dtype=torch.float64)
-    stats = _stats(K_0, d)
-    if stats is not None and stats.n > 0 and lambda_mom2 != 0:
-        C = C + lambda_mom2 * stats.gram.double() / stats.n
-    return C
-
-
-def _diagnostics(W, W_new, K_E, V_E, K_0, extra) -> dict:
-    out = {
-        "edit_residual_before": float(torch.linalg.norm(V_E - W @ K_E) / max(torch.linalg.norm(V_E), 1e-30)),
-        "edit_residual_after": float(
-            torch.linalg.norm(V_E - W_new @ K_E) / max(torch.linalg.norm(V_E), 1e-30)
-        ),
-        "n_edit_keys": int(K_E.shape[1]),
-    }
-    stats = _stats(K_0, W.shape[1])
-    if stats is not None and stats.n > 0:
-        # ||(W' - W) K_0||_F / ||W K_0||_F from the Gram: ||A K_0||_F^2 = tr(A K_0 K_0^T A^T)
-        delta = W_new - W
-        num = float(torch.einsum("ij,jk,ik->", delta, stats.gram, delta).clamp_min(0)) ** 0.5
-        ref = float(torch.einsum("ij,jk,ik->", W, stats.gram, W).clamp_min(0)) ** 0.5
-        out["preservation_error"] = num / max(ref, 1e-30)
-        out["n_preserved_keys"] = stats.n
-    out.update(extra)
-    return out
-
-
-def emmet(
-    W: torch.Tensor,
-    K_E: torch.Tensor,
-    V_E: torch.Tensor,
-    K_0: torch.Tensor | KeyStats | None = None,
-    lambda_mom2: float = 1.0,
-    lambda_norm: float = 0.0,
-    lambda_emmet: float = 0.0,
-) -> tuple[torch.Tensor, dict]:
-    """EMMET (METHOD section 8): W' = W + (V_E - W K_E) D^-1 K_E^T C_0^-1, with
-    C_0 = lambda_mom2 K_0 K_0^T / N + lambda_norm I and D = K_E^T C_0^-1 K_E + lambda_emmet I.
-
-    Column convention W k = v. With ``lambda_emmet = 0`` and at most d linearly independent keys
-    the constraints W' K_E = V_E hold exactly. The authors' code used lambda_emmet = 0.1 and a ridge
-    0.1 in C_0 (``lambda_norm``).
-
-    Returns:
-        (W' float64, diagnostics: relative edit residual before/after, relative preservation error
-        on K_0, condition numbers of C_0 and D).
-    """
-    W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
-    _check_shapes(W, K_E, V_E, None)
-    K_0 = _stats(K_0, W.shape[1])
-    if min(lambda_mom2, lambda_norm, lambda_emmet) < 0:
-        raise InputError("the lambdas must be non-negative")
-    C0 = preservation_covariance(K_0, W.shape[1], lambda_mom2, lambda_norm)
-    Cinv_K = _solve(C0, K_E, "C_0")  # C_0^-1 K_E  (d x B)
-    D = K_E.T @ Cinv_K + lambda_emmet * torch.eye(K_E.shape[1], dtype=torch.float64)
-    R = V_E - W @ K_E
-    # (R D^-1) (C_0^-1 K_E)^T, C_0 symmetric
-    RD = _solve(D.T, R.T, "D").T
-    W_new = W + RD @ Cinv_K.T
-    diag = _diagnostics(W, W_new, K_E, V_E, K_0, {"cond_C0": _cond(C0), "cond_D": _cond(D)})
-    return W_new, diag
-
-
-def memit(
-    W: torch.Tensor,
-    K_E: torch.Tensor,
-    V_E: torch.Tensor,
-    K_0: torch.Tensor | KeyStats | None = None,
-    lam: float = 1.0,
-    lambda_norm: float = 1e-6,
-) -> tuple[torch.Tensor, dict]:
-    """Least-squares edit (MEMIT style) with both terms as means over their keys:
-    minimise lam ||(W' - W) K_0||^2 / N + ||W' K_E - V_E||^2 / B, i.e.
-    W' = W + (R K_E^T / B) (lam C_0 + K_E K_E^T / B)^-1 with R = V_E - W K_E and
-    C_0 = K_0 K_0^T / N + lambda_norm I. Well posed for any number of keys; larger ``lam`` preserves
-    more and memorises less, and its scale does not depend on how many keys there are.
-    """
-    W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
-    _check_shapes(W, K_E, V_E, None)
-    K_0 = _stats(K_0, W.shape[1])
-    if lam < 0 or lambda_norm < 0:
-        raise InputError("lam and lambda_norm must be non-negative")
-    C0 = preservation_covariance(K_0, W.shape[1], 1.0, lambda_norm)
-    B = K_E.shape[1]
-    A = lam * C0 + K_E @ K_E.T / B
-    R = V_E - W @ K_E
-    W_new = W + _solve(A, (R @ K_E.T / B).T, "lam C_0 + K_E K_E^T / B").T
-    return W_new, _diagnostics(W, W_new, K_E, V_E, K_0, {"cond_A": _cond(A)})
-
-
-def reduce_keys(keys: torch.Tensor, n: int, method: str = "kmeans", seed: int = 0) -> torch.Tensor:
-    """Reduce edit keys given as columns (d x B) to at most ``n`` columns: k-means centroids
-    (SciPy's kmeans2, k-means++ start, seeded) or a seeded random sample."""
-    keys = _f64(keys, "edit keys")
-    B = keys.shape[1]
-    if n < 1:
-        raise InputError("reduce to at least one key")
-    if n >= B:
-        return keys
-    if method == "sample":
-        g = torch.Generator().manual_seed(seed)
-        return keys[:, torch.randperm(B, generator=g)[:n]]
-    if method != "kmeans":
-        raise InputError(f"key reduction method must be 'kmeans' or 'sample', got {method!r}")
-    from scipy.cluster.vq import kmeans2
-
-    centroids, labels = kmeans2(keys.T.numpy(), n, minit="++", seed=seed)
-    used = np.unique(labels)
-    return torch.from_numpy(centroids[used].T.copy())
 
 
 # ---------------------------------------------------------------------------- Algorithm 1
