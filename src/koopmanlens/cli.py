@@ -162,6 +162,15 @@ def edit(
     max_target_accuracy: float = typer.Option(
         0.01, "--max-target-accuracy", help="memit: largest lam leaving at most this on the training class."
     ),
+    n_keys: int | None = typer.Option(
+        None, "--n-keys", help="emmet-kmeans: key centroids (default max(1, p // (2 classes)))."
+    ),
+    lambda_norm: float | None = typer.Option(
+        None, "--lambda-norm", help="Ridge added to C_0 (default: emmet 0.1, the authors'; others 1e-6)."
+    ),
+    lambda_emmet: float | None = typer.Option(
+        None, "--lambda-emmet", help="EMMET: ridge added to D (default: emmet 0.1, emmet-kmeans 0)."
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
 ) -> None:
     """Unlearn a class by editing every seed's operator; print before/after and store the edits."""
@@ -174,7 +183,15 @@ def edit(
         for seed in run.seeds:
             sur = run.surrogate(seed)
             ed = editing.unlearn_class(
-                sur, train, forget, into=into, method=method, max_target_accuracy=max_target_accuracy
+                sur,
+                train,
+                forget,
+                into=into,
+                method=method,
+                max_target_accuracy=max_target_accuracy,
+                n_keys=n_keys,
+                lambda_norm=lambda_norm,
+                lambda_emmet=lambda_emmet,
             )
             ed.save(run_dir / "edits" / f"forget-{forget}-into-{ed.into}-seed-{seed}")
             results.append({"seed": seed, **editing.evaluate_edit(sur, ed, test)})

@@ -9,12 +9,17 @@ All float64 inside, solves instead of inverses.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from koopmanlens.errors import InputError
+from koopmanlens.errors import IllConditionedWarning, InputError
+
+#: Condition number above which a solve's answer is not trusted: the edit warns
+#: (:class:`~koopmanlens.errors.IllConditionedWarning`) and says so in its diagnostics.
+COND_WARN = 1e12
 
 
 def _f64(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
@@ -49,8 +54,37 @@ def _solve(A: torch.Tensor, B: torch.Tensor, what: str) -> torch.Tensor:
     return X
 
 
+def _check_non_negative(values: dict[str, float]) -> None:
+    bad = {}
+    for name, v in values.items():
+        try:
+            ok = 0.0 <= float(v) < float("inf")
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bad[name] = v
+    if bad:
+        raise InputError(
+            "the lambdas must be finite and non-negative, got "
+            + ", ".join(f"{k} = {v!r}" for k, v in bad.items())
+        )
+
+
 def _cond(A: torch.Tensor) -> float:
     return float(torch.linalg.cond(A)) if A.numel() else 0.0
+
+
+def _conditioning(conds: dict[str, float], method: str, advice: str) -> dict:
+    """``conds`` plus ``ill_conditioned`` (and the ``warning`` text), warning when any condition
+    number exceeds :data:`COND_WARN` (or is not finite)."""
+    bad = {k: v for k, v in conds.items() if not v <= COND_WARN}
+    out: dict = {**conds, "ill_conditioned": bool(bad)}
+    if bad:
+        worst = ", ".join(f"{k.removeprefix('cond_')} has condition number {v:.3g}" for k, v in bad.items())
+        msg = f"{method}: {worst} (above {COND_WARN:.0e}), so the edited operator cannot be trusted; {advice}"
+        warnings.warn(msg, IllConditionedWarning, stacklevel=3)
+        out["warning"] = msg
+    return out
 
 
 @dataclass(frozen=True)
@@ -129,13 +163,15 @@ def emmet(
 
     Returns:
         (W' float64, diagnostics: relative edit residual before/after, relative preservation error
-        on K_0, condition numbers of C_0 and D).
+        on K_0, condition numbers of C_0 and D, ``ill_conditioned``). A condition number above
+        :data:`COND_WARN` issues an :class:`~koopmanlens.errors.IllConditionedWarning` and puts its
+        text under ``diagnostics["warning"]``.
     """
     W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
     _check_shapes(W, K_E, V_E, None)
     K_0 = _stats(K_0, W.shape[1])
-    if min(lambda_mom2, lambda_norm, lambda_emmet) < 0:
-        raise InputError("the lambdas must be non-negative")
+    lambdas = {"lambda_mom2": lambda_mom2, "lambda_norm": lambda_norm, "lambda_emmet": lambda_emmet}
+    _check_non_negative(lambdas)
     C0 = preservation_covariance(K_0, W.shape[1], lambda_mom2, lambda_norm)
     Cinv_K = _solve(C0, K_E, "C_0")  # C_0^-1 K_E  (d x B)
     D = K_E.T @ Cinv_K + lambda_emmet * torch.eye(K_E.shape[1], dtype=torch.float64)
@@ -143,8 +179,13 @@ def emmet(
     # (R D^-1) (C_0^-1 K_E)^T, C_0 symmetric
     RD = _solve(D.T, R.T, "D").T
     W_new = W + RD @ Cinv_K.T
-    diag = _diagnostics(W, W_new, K_E, V_E, K_0, {"cond_C0": _cond(C0), "cond_D": _cond(D)})
-    return W_new, diag
+    conds = _conditioning(
+        {"cond_C0": _cond(C0), "cond_D": _cond(D)},
+        "EMMET",
+        "add ridges (lambda_norm, lambda_emmet > 0; the authors used 0.1 and 0.1) or fewer keys "
+        "than observables (method 'emmet-kmeans')",
+    )
+    return W_new, _diagnostics(W, W_new, K_E, V_E, K_0, conds)
 
 
 def memit(
@@ -164,14 +205,14 @@ def memit(
     W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
     _check_shapes(W, K_E, V_E, None)
     K_0 = _stats(K_0, W.shape[1])
-    if lam < 0 or lambda_norm < 0:
-        raise InputError("lam and lambda_norm must be non-negative")
+    _check_non_negative({"lam": lam, "lambda_norm": lambda_norm})
     C0 = preservation_covariance(K_0, W.shape[1], 1.0, lambda_norm)
     B = K_E.shape[1]
     A = lam * C0 + K_E @ K_E.T / B
     R = V_E - W @ K_E
     W_new = W + _solve(A, (R @ K_E.T / B).T, "lam C_0 + K_E K_E^T / B").T
-    return W_new, _diagnostics(W, W_new, K_E, V_E, K_0, {"cond_A": _cond(A)})
+    conds = _conditioning({"cond_A": _cond(A)}, "least-squares edit", "raise lam or lambda_norm")
+    return W_new, _diagnostics(W, W_new, K_E, V_E, K_0, conds)
 
 
 def reduce_keys(keys: torch.Tensor, n: int, method: str = "kmeans", seed: int = 0) -> torch.Tensor:
