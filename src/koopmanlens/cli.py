@@ -286,6 +286,7 @@ def spectrum(
 ) -> None:
     """Eigenvalues of G and exp(G), growth/decay rates, dominant modes, class projections."""
     from koopmanlens import pipeline
+    from koopmanlens.report.figures import spectrum_block_figure
     from koopmanlens.report.tables import spectrum_tables
     from koopmanlens.runs import write_json
 
@@ -295,6 +296,7 @@ def spectrum(
         metrics = dict(run.metrics)
         metrics["spectrum"] = block
         write_json(run_dir / "metrics.json", metrics)
+        spectrum_block_figure(block, run_dir / "figures" / "spectrum.png")
     except KoopmanLensError as exc:
         _fail(exc)
     for table in spectrum_tables(block):
