@@ -202,3 +202,79 @@ def test_surrogate_splice_runs_on_the_network_device(tiny_surrogate, yy_small):
     x_i = gpu.representations(test.x[:20])[cpu.layer_i].cuda()
     assert gpu.predict_state(x_i).device.type == "cuda"
     assert _no_hooks(gpu.network)
+
+
+# ------------------------------------------------------------------ issue 12: bad input
+@pytest.mark.parametrize("n", [0, 1])
+def test_subject_needs_two_samples(yy_small, n):
+    train, _, _ = yy_small
+    with pytest.raises(InputError, match=f"at least 2 training samples.*got {n}"):
+        kl.subject.train_resmlp(train.subset(slice(0, n)), "yinyang", progress=False, epochs=1)
+
+
+@pytest.mark.parametrize("steps", [[-5, 1], [1e9], [0, float("nan")], [float("inf")], [], [101]], ids=str)
+def test_trajectory_rejects_steps_outside_0_k(tiny_surrogate, yy_small, steps):
+    _, _, test = yy_small
+    k = tiny_surrogate.kae.k
+    with pytest.raises(InputError, match=r"steps"):
+        tiny_surrogate.trajectory(test.x[:5], steps=steps)
+    with pytest.raises(InputError, match=r"steps"):
+        tiny_surrogate.kae.observable_trajectory(torch.zeros(5, tiny_surrogate.kae.dim), steps)
+    edited = kl.Surrogate(
+        tiny_surrogate.network,
+        tiny_surrogate.layer_i,
+        tiny_surrogate.layer_j,
+        tiny_surrogate.preprocessor,
+        tiny_surrogate.kae,
+        tiny_surrogate.current_operator().clone(),
+    )
+    with pytest.raises(InputError, match=rf"finite numbers in \[0, k\] = \[0, {k}\]|empty"):
+        edited.trajectory(test.x[:5], steps=steps)
+
+
+def test_trajectory_accepts_fractional_steps_in_range(tiny_surrogate, yy_small):
+    _, _, test = yy_small
+    k = tiny_surrogate.kae.k
+    traj = tiny_surrogate.trajectory(test.x[:5], steps=[0, 0.5, k / 3, k])
+    assert traj.shape[0] == 4 and torch.isfinite(traj).all()
+
+
+def test_nonfinite_operator_refused_before_linear_algebra(tiny_surrogate, yy_small, monkeypatch):
+    import copy
+
+    from koopmanlens import editing, pipeline
+
+    train, _, test = yy_small
+    kae = copy.deepcopy(tiny_surrogate.kae)
+    with torch.no_grad():
+        kae.generator[0, 0] = float("nan")
+    sur = kl.Surrogate(tiny_surrogate.network, "input", "blocks.2", tiny_surrogate.preprocessor, kae)
+
+    def no_linalg(*args, **kwargs):
+        raise AssertionError("linear algebra ran on a non-finite operator")
+
+    monkeypatch.setattr(torch.linalg, "eigvals", no_linalg)
+    monkeypatch.setattr(torch.linalg, "solve", no_linalg)
+    msg = r"generator G holds 1 NaN or inf entries"
+    with pytest.raises(InputError, match=msg):
+        sur.current_operator()
+    with pytest.raises(InputError, match=msg):
+        sur.trajectory(test.x[:5])
+    with pytest.raises(InputError, match=msg):
+        sur.predict(test.x[:5])
+    with pytest.raises(InputError, match=msg):
+        editing.unlearn_class(sur, train, forget=0)
+    with pytest.raises(InputError, match=msg):
+        pipeline.compute_views(tiny_surrogate.network, sur, train, test)
+    with pytest.raises(InputError, match="generator holds NaN"):
+        kl.spectrum.spectrum_report(kae.generator)
+    edited = kl.Surrogate(
+        tiny_surrogate.network,
+        "input",
+        "blocks.2",
+        tiny_surrogate.preprocessor,
+        tiny_surrogate.kae,
+        torch.full((kae.observables, kae.observables), float("inf")),
+    )
+    with pytest.raises(InputError, match=r"operator holds \d+ NaN or inf"):
+        edited.trajectory(test.x[:5], steps=[50])

@@ -149,3 +149,29 @@ def test_dataset_validation():
         kl.data.Dataset(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))
     with pytest.raises(InputError):
         kl.data.Dataset(np.zeros((3, 2)), torch.zeros(3, dtype=torch.long))
+
+
+# ------------------------------------------------------------------ issue 12: labels
+def test_dataset_rejects_labels_outside_range():
+    # a label -1 used to be accepted, and unlearn_class could then send a class "into" -1
+    x = torch.zeros(3, 2)
+    with pytest.raises(InputError, match="negative label -1"):
+        kl.data.Dataset(x, torch.tensor([0, 1, -1]))
+    with pytest.raises(InputError, match=r"label 3.*3 class names.*\[0, 3\)"):
+        kl.data.Dataset(x, torch.tensor([0, 1, 3]), class_names=("a", "b", "c"))
+    with pytest.raises(InputError, match="whole-number class labels"):
+        kl.data.Dataset(x, torch.tensor([0.0, 1.5, 2.0]))
+    with pytest.raises(InputError, match="whole-number class labels"):
+        kl.data.Dataset(x, torch.tensor([0.0, float("nan"), 2.0]))
+    ok = kl.data.Dataset(x, torch.tensor([0.0, 2.0, 1.0]))
+    assert ok.y.dtype == torch.int64 and ok.n_classes == 3
+    assert kl.data.Dataset(x, torch.tensor([0, 1, 1]), class_names=("a", "b", "c")).n_classes == 3
+
+
+@pytest.mark.parametrize("subset", [0, -5])
+def test_mnist_subset_must_be_positive(subset, tmp_path):
+    from koopmanlens import pipeline
+
+    # rejected before any data is read: tmp_path holds no MNIST
+    with pytest.raises(InputError, match=rf"--subset must be .*>= 1, got {subset}"):
+        pipeline.mnist_settings("fast", tmp_path, subset=subset)

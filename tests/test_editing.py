@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from koopmanlens import editing as E
-from koopmanlens.errors import InputError
+from koopmanlens.errors import IllConditionedWarning, InputError
 from koopmanlens.kae.model import fractional_operator_power
 
 
@@ -142,3 +142,65 @@ def test_unlearn_bad_input(tiny_surrogate, yy_small):
         E.unlearn_class(tiny_surrogate, train, forget=1, into=1)
     with pytest.raises(InputError, match="unknown edit method"):
         E.unlearn_class(tiny_surrogate, train, forget=1, method="rome")
+
+
+# ------------------------------------------------------------------ issue 13: method defaults
+def test_default_n_keys_rule():
+    assert E.default_n_keys(32, 3) == 5  # Yin-Yang
+    assert E.default_n_keys(800, 10) == 40  # MNIST paper
+    assert E.default_n_keys(3, 3) == 1
+    with pytest.raises(InputError):
+        E.default_n_keys(0, 3)
+
+
+@pytest.mark.parametrize("forget", [0, 1])
+def test_emmet_kmeans_default_keeps_other_classes(tiny_surrogate, yy_small, forget):
+    # the old default min(p, 32) = p centroids made the operator rank one: others fell to 50%
+    train, _, test = yy_small
+    edit = E.unlearn_class(tiny_surrogate, train, forget=forget, method="emmet-kmeans")
+    res = E.evaluate_edit(tiny_surrogate, edit, test)
+    assert res["others_after"] >= res["others_before"] - 0.03
+    assert res["target_after"] < 0.5 * res["target_before"]
+    assert edit.params["n_keys"] == E.default_n_keys(tiny_surrogate.kae.observables, 3)
+    assert not edit.diagnostics["ill_conditioned"]
+    explicit = E.unlearn_class(tiny_surrogate, train, forget=forget, method="emmet-kmeans", n_keys=3)
+    assert explicit.params["n_keys"] == 3 and explicit.diagnostics["n_edit_keys"] <= 3
+
+
+def test_emmet_method_uses_the_authors_ridges(tiny_surrogate, yy_small, recwarn):
+    train, _, _ = yy_small
+    edit = E.unlearn_class(tiny_surrogate, train, forget=0, method="emmet")
+    assert edit.params["lambda_norm"] == 0.1 and edit.params["lambda_emmet"] == 0.1
+    assert not edit.diagnostics["ill_conditioned"]
+    assert not [w for w in recwarn if issubclass(w.category, IllConditionedWarning)]
+    memit_edit = E.unlearn_class(tiny_surrogate, train, forget=0, lam=1.0)
+    assert memit_edit.params["lambda_norm"] == 1e-6 and "lambda_emmet" not in memit_edit.params
+
+
+def test_emmet_ill_conditioned_warns_with_condition_number(tiny_surrogate, yy_small):
+    # every key (hundreds) and no ridge: D = K_E^T C_0^-1 K_E has rank <= p, cond ~ 1e20
+    train, _, _ = yy_small
+    with pytest.warns(IllConditionedWarning, match=r"condition number \d\.\d+e\+\d+"):
+        edit = E.unlearn_class(
+            tiny_surrogate, train, forget=0, method="emmet", lambda_norm=1e-6, lambda_emmet=0.0
+        )
+    assert edit.diagnostics["ill_conditioned"] and edit.diagnostics["cond_D"] > 1e12
+    assert "condition number" in edit.diagnostics["warning"]
+    W = _rand(4, 4)
+    K_E = _rand(4, 9, seed=1)  # nine keys in four dimensions, a negligible ridge
+    with pytest.warns(IllConditionedWarning, match="D has condition number"):
+        _, diag = E.emmet(
+            W, K_E, _rand(4, 9, seed=2), None, lambda_mom2=0.0, lambda_norm=1.0, lambda_emmet=1e-14
+        )
+    assert diag["ill_conditioned"]
+
+
+def test_unlearn_class_rejects_out_of_range_numbers(tiny_surrogate, yy_small):
+    train, _, _ = yy_small
+    for bad in (-1, 1.5, float("nan")):
+        with pytest.raises(InputError, match=r"max_target_accuracy must be a fraction in \[0, 1\]"):
+            E.unlearn_class(tiny_surrogate, train, forget=0, max_target_accuracy=bad)
+    with pytest.raises(InputError, match="n_keys must be a whole number >= 1, got 0"):
+        E.unlearn_class(tiny_surrogate, train, forget=0, method="emmet-kmeans", n_keys=0)
+    with pytest.raises(InputError, match="lambda_norm = -1"):
+        E.unlearn_class(tiny_surrogate, train, forget=0, method="emmet", lambda_norm=-1.0)

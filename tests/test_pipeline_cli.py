@@ -111,3 +111,116 @@ def test_reproduce_mnist_missing_data(tmp_path, monkeypatch):
         ],
     )
     assert res.exit_code == 2 and "train-images-idx3-ubyte" in res.output
+
+
+# ------------------------------------------------------------------ issues 12 and 13
+def _has(needle: str, output: str) -> bool:
+    """``needle`` in ``output`` once every space and line break is removed (rich wraps lines)."""
+    return "".join(needle.split()) in "".join(output.split())
+
+
+@pytest.fixture
+def run_copy(quick_run, tmp_path):
+    """A private copy of the quick run, so a test may change it."""
+    import shutil
+
+    return shutil.copytree(quick_run, tmp_path / "run")
+
+
+def _saved_edits(run_dir, forget):
+    return [json.loads(p.read_text()) for p in sorted((run_dir / "edits").glob(f"forget-{forget}-*.json"))]
+
+
+def test_cli_edit_method_options(run_copy):
+    res = runner.invoke(
+        app, ["edit", str(run_copy), "--forget", "0", "--method", "emmet-kmeans", "--n-keys", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    assert [e["params"]["n_keys"] for e in _saved_edits(run_copy, 0)] == [3, 3]
+    res = runner.invoke(app, ["edit", str(run_copy), "--forget", "1", "--method", "emmet"])
+    assert res.exit_code == 0, res.output
+    params = _saved_edits(run_copy, 1)[0]["params"]
+    assert (params["lambda_norm"], params["lambda_emmet"]) == (0.1, 0.1)  # the authors' ridges
+    args = ["edit", str(run_copy), "--forget", "2", "--method", "emmet", "--lambda-norm", "0.5"]
+    res = runner.invoke(app, [*args, "--lambda-emmet", "0.25"])
+    assert res.exit_code == 0, res.output
+    params = _saved_edits(run_copy, 2)[0]["params"]
+    assert (params["lambda_norm"], params["lambda_emmet"]) == (0.5, 0.25)
+    for bad, needle in (
+        (["--max-target-accuracy", "-1"], "max_target_accuracy must be a fraction in [0, 1], got -1"),
+        (["--max-target-accuracy", "1.5"], "got 1.5"),
+        (["--method", "emmet-kmeans", "--n-keys", "0"], "n_keys must be a whole number >= 1, got 0"),
+        (["--method", "emmet", "--lambda-emmet", "-1"], "lambda_emmet = -1"),
+    ):
+        res = runner.invoke(app, ["edit", str(run_copy), "--forget", "0", *bad])
+        assert res.exit_code == 2, res.output
+        assert _has(needle, res.output), res.output
+
+
+def test_cli_spectrum_writes_the_plot_it_names(run_copy):
+    plot = run_copy / "figures" / "spectrum.png"
+    assert not plot.exists()
+    res = runner.invoke(app, ["spectrum", str(run_copy)])
+    assert res.exit_code == 0, res.output
+    assert _has(str(plot), res.output), res.output
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and plot.stat().st_size > 5000
+    assert not list(plot.parent.glob("*.tmp"))
+
+
+def test_cli_topology_eps_must_be_positive_and_is_recorded(run_copy):
+    for bad in ("0", "nan", "inf", "-1"):
+        res = runner.invoke(app, ["topology", str(run_copy), "--eps", bad])
+        assert res.exit_code == 2, res.output
+        assert _has(f"eps must be a finite number > 0, got {float(bad)!r}", res.output), res.output
+    res = runner.invoke(app, ["topology", str(run_copy), "--eps", "0.05"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run_copy / "metrics.json").read_text())["topology"]["eps_rule"] == "given by the user"
+    res = runner.invoke(app, ["topology", str(run_copy)])
+    assert res.exit_code == 0, res.output
+    assert "quantile" in json.loads((run_copy / "metrics.json").read_text())["topology"]["eps_rule"]
+
+
+def test_cli_mnist_subset_must_be_positive(tmp_path):
+    for bad in ("0", "-5"):
+        out = tmp_path / f"o{bad}"
+        args = ["reproduce", "mnist", "--subset", bad, "--data-dir", str(tmp_path), "--out", str(out)]
+        res = runner.invoke(app, [*args, "--no-progress", "--no-report"])
+        assert res.exit_code == 2, res.output
+        assert _has(f"--subset must be a whole number of training images >= 1, got {bad}", res.output)
+        assert not out.exists()
+
+
+def test_cli_refuses_a_nonfinite_generator(run_copy):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    weights = run_copy / "kae" / "seed-0.safetensors"
+    tensors = load_file(weights)
+    tensors["generator"][0, 0] = float("nan")
+    save_file(tensors, weights)
+    # report used to segfault (exit 139) in torch.linalg.eigvals: run it in a child process
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(kl.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "koopmanlens.cli", "report", str(run_copy)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert _has(str(weights), out) and _has("generator G holds 1 NaN or inf entries", out), out
+    assert "MKL ERROR" not in out and "LAPACK" not in out, out  # refused before any linear algebra
+    res = runner.invoke(app, ["spectrum", str(run_copy)])
+    assert res.exit_code == 2 and _has(f"{weights} (seed 0)", res.output), res.output
+    for args in (["edit", str(run_copy), "--forget", "0"], ["topology", str(run_copy)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert _has("generator G holds 1 NaN or inf entries", res.output), res.output

@@ -1,5 +1,6 @@
 """Figures and report.html: static checks, and a real headless Chromium that opens the report from
-disk (skipped, with the reason, where Chromium, chromedriver or selenium is absent)."""
+disk (skipped, with the reason, where Chromium, chromedriver or selenium is absent; failed instead
+under CI=true)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 import time
 
 import pytest
-from helpers import quick_yinyang
+from helpers import missing_prerequisite, quick_yinyang
 from typer.testing import CliRunner
 
 from koopmanlens.cli import app
@@ -69,12 +70,14 @@ def _driver():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     chromedriver = shutil.which("chromedriver")
     if chromium is None or chromedriver is None:
-        pytest.skip("Chromium or chromedriver is not installed (Debian packages chromium, chromium-driver)")
+        missing_prerequisite(
+            "Chromium or chromedriver is not installed (Debian packages chromium, chromium-driver)"
+        )
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        pytest.skip("selenium is not installed (pip install '.[test]')")
+        missing_prerequisite("selenium is not installed (pip install '.[test]')")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for arg in (

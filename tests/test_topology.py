@@ -87,3 +87,39 @@ def test_bad_input():
         T.betti_numbers(np.random.default_rng(0).normal(size=(3, 2)), 0.1, maxdim=2)
     with pytest.raises(InputError, match="subsample"):
         T.betti0(torch.zeros(2000, 2), 0.1, max_bytes=1000)
+
+
+def _components(pts: np.ndarray, eps: float) -> int:
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial.distance import pdist, squareform
+
+    return connected_components(squareform(pdist(np.asarray(pts, dtype=np.float64))) <= eps)[0]
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e2, 1e4])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_beta0_matches_eps_graph_far_from_origin(shift, scale, dtype):
+    # 500 points in 5 tight clusters: issue 13 saw beta_0 = 419 instead of 5 around (100, ..., 100)
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(5, 10))
+    pts = np.concatenate([c + 0.01 * rng.normal(size=(100, 10)) for c in centres])
+    pts = ((pts + shift) * scale).astype(dtype)
+    for eps in (0.05 * scale, 0.02 * scale):  # between the clusters; inside them
+        expected = _components(pts, eps)
+        assert T.betti0(pts, eps) == expected
+        assert T.betti0(torch.from_numpy(pts), eps) == expected
+    assert T.betti0(pts, 0.5 * scale) == 5 == _components(pts, 0.5 * scale)
+
+
+def test_beta0_tight_clusters_far_apart_uses_exact_distances():
+    # centring cannot help here: the clusters are 1e5 times wider apart than they are wide, so the
+    # float32 product cannot resolve distances inside a cluster and the tree is found in float64
+    rng = np.random.default_rng(4)
+    centres = 100.0 * rng.normal(size=(4, 6))
+    pts = np.concatenate([c + 1e-3 * rng.normal(size=(60, 6)) for c in centres])
+    for eps in (1e-3, 3e-3, 1.0):
+        assert T.betti0(pts, eps) == _components(pts, eps)
+    _, lengths = T.mst_edges(pts)
+    heights = np.sort(linkage(pdist(pts), method="single")[:, 2])
+    assert np.allclose(lengths, heights, rtol=1e-9)

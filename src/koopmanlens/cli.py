@@ -213,6 +213,15 @@ def edit(
     max_target_accuracy: float = typer.Option(
         0.01, "--max-target-accuracy", help="memit: largest lam leaving at most this on the training class."
     ),
+    n_keys: int | None = typer.Option(
+        None, "--n-keys", help="emmet-kmeans: key centroids (default max(1, p // (2 classes)))."
+    ),
+    lambda_norm: float | None = typer.Option(
+        None, "--lambda-norm", help="Ridge added to C_0 (default: emmet 0.1, the authors'; others 1e-6)."
+    ),
+    lambda_emmet: float | None = typer.Option(
+        None, "--lambda-emmet", help="EMMET: ridge added to D (default: emmet 0.1, emmet-kmeans 0)."
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -238,6 +247,9 @@ def edit(
                     into=into,
                     method=method.value,
                     max_target_accuracy=max_target_accuracy,
+                    n_keys=n_keys,
+                    lambda_norm=lambda_norm,
+                    lambda_emmet=lambda_emmet,
                 )
                 name = f"forget-{forget}-into-{ed.into}-{ed.method}"
                 ed.save(run_dir / "edits" / f"{name}-seed-{seed}")
@@ -362,6 +374,7 @@ def spectrum(
 ) -> None:
     """Eigenvalues of G and exp(G), growth/decay rates, dominant modes, class projections."""
     from koopmanlens import pipeline
+    from koopmanlens.report.figures import spectrum_block_figure
     from koopmanlens.report.tables import spectrum_tables
     from koopmanlens.rundir import open_run_for_update
     from koopmanlens.runs import update_metrics
@@ -371,6 +384,7 @@ def spectrum(
             run, train, _ = _load(run_dir, data_dir)
             block = pipeline.spectrum_block(run, train, top=top)
             update_metrics(run_dir, {"spectrum": block})
+            spectrum_block_figure(block, run_dir / "figures" / "spectrum.png")
             pipeline.refresh_report(run_dir)
     except KoopmanLensError as exc:
         _fail(exc)

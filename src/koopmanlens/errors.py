@@ -29,3 +29,11 @@ class TrainingDivergedError(KoopmanLensError, RuntimeError):
 
 class ArtifactError(KoopmanLensError, OSError):
     """A run folder or artifact file that is missing, corrupt, or would be overwritten."""
+
+
+class KoopmanLensWarning(UserWarning):
+    """Base class of every warning issued by koopmanlens."""
+
+
+class IllConditionedWarning(KoopmanLensWarning):
+    """A linear solve whose condition number is so large that its answer cannot be trusted."""

@@ -357,9 +357,22 @@ def write_views(
     """Compute :func:`compute_views` and save ``views.safetensors`` + ``views.json`` in ``run_dir``."""
     from koopmanlens.io import write_json, write_tensors
 
+    try:
+        surrogate.check_operator()
+    except InputError as exc:
+        bad = _nonfinite_kae_files(run_dir)
+        raise InputError(f"{', '.join(map(str, bad)) if bad else run_dir}: {exc}") from exc
     views, meta = compute_views(network, surrogate, train, test, forget=forget)
     write_tensors(run_dir / "views.safetensors", views)
     write_json(run_dir / "views.json", meta)
+
+
+def _nonfinite_kae_files(run_dir: Path) -> list[Path]:
+    """The saved KAE weight files of a run folder that hold NaN or inf."""
+    from koopmanlens.io import read_tensors
+
+    files = sorted((Path(run_dir) / "kae").glob("seed-*.safetensors"))
+    return [f for f in files if not all(torch.isfinite(t).all() for t in read_tensors(f).values())]
 
 
 def editing_block(
@@ -430,7 +443,8 @@ def compute_views(
     """Low-dimensional views for the figures and the report (saved as ``views.safetensors``):
     top-3 principal components, in one basis (the last layer's aligned test states), of every
     layer, of the decoded KAE steps, and of the observables before/after unlearning ``forget``;
-    eigenvalues of G and exp(G)."""
+    eigenvalues of G and exp(G). :class:`InputError` first if the surrogate's operator is not finite."""
+    surrogate.check_operator()
     g = torch.Generator().manual_seed(seed)
     sub = test.subset(torch.randperm(len(test), generator=g)[:n_points])
     layers = (
@@ -484,6 +498,19 @@ def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(spearmanr(a, b).statistic)
 
 
+def _check_given_eps(eps: object) -> None:
+    """:class:`InputError` unless ``eps`` is a finite number > 0."""
+    try:
+        ok = 0.0 < float(eps) < float("inf")  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(
+            f"eps must be a finite number > 0, got {eps!r} (non-negative is not enough: at eps = 0 "
+            "every point is its own component, so beta_0 would only count the points)"
+        )
+
+
 def topology_block(
     network: nn.Module,
     layers: Sequence[str],
@@ -501,9 +528,12 @@ def topology_block(
     """beta_0 along the network's layers (each preprocessed and aligned to the last layer, METHOD
     section 4, fitted on up to ``max_fit_points`` training samples) and along the KAE's decoded
     steps, on up to ``max_points`` test samples, at one eps. Default eps: the ``eps_quantile`` of the
-    MST edge lengths of the first layer's aligned test states (:func:`koopmanlens.topology.suggest_eps`)."""
+    MST edge lengths of the first layer's aligned test states (:func:`koopmanlens.topology.suggest_eps`);
+    a given ``eps`` must be finite and > 0 and is recorded as ``eps_rule = "given by the user"``."""
     from koopmanlens import topology
 
+    if eps is not None:
+        _check_given_eps(eps)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(test), generator=g)[:max_points]
     sub = test.subset(idx)
@@ -519,6 +549,9 @@ def topology_block(
     )
     if eps is None:
         eps = topology.suggest_eps(aligned[layers[0]], eps_quantile)
+        eps_rule = f"quantile {eps_quantile} of MST edge lengths of layer {layers[0]!r} (aligned)"
+    else:
+        eps_rule = "given by the user"
     k = surrogate.kae.k
     steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
     states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps])
@@ -535,7 +568,7 @@ def topology_block(
 
     return {
         "eps": float(eps),
-        "eps_rule": f"quantile {eps_quantile} of MST edge lengths of layer {layers[0]!r} (aligned)",
+        "eps_rule": eps_rule,
         "n_points": len(sub),
         "layers": list(layers),
         "layer_beta0": layer_b0,
@@ -644,6 +677,10 @@ def mnist_settings(
     """
     if preset not in MNIST_PRESETS:
         raise InputError(f"unknown MNIST preset {preset!r}; choose one of {list(MNIST_PRESETS)}")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise InputError(f"--subset must be a whole number of training images >= 1, got {subset!r}")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        raise InputError(f"--width must be a whole number >= 1, got {width!r}")
     train = kdata.mnist("train", data_dir)
     test = kdata.mnist("test", data_dir)
     if subset is not None:
@@ -725,6 +762,12 @@ def spectrum_block(run, train: Dataset, top: int = 5) -> dict:
     per_seed = []
     for seed in run.seeds:
         sur = run.surrogate(seed)
+        try:
+            sur.check_operator()
+        except InputError as exc:
+            raise InputError(
+                f"{Path(run.path) / 'kae' / f'seed-{seed}.safetensors'} (seed {seed}): {exc}"
+            ) from exc
         z = editing.class_observables(sur, train).numpy()
         y = train.y.numpy()
         cents = np.stack([z[y == c].mean(0) for c in range(train.n_classes)])

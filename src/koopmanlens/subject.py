@@ -148,6 +148,11 @@ def train_resmlp(
     mode with ``train_seconds_`` and ``config_`` attached.
     """
     cfg = subject_config(preset, **overrides)
+    if len(train) < 2:
+        raise InputError(
+            f"train_resmlp needs at least 2 training samples (BatchNorm normalises over a batch of "
+            f"two or more rows), got {len(train)}"
+        )
     x = train.x.flatten(1)
     if x.shape[1] != cfg.in_dim:
         raise InputError(f"data has {x.shape[1]} features but the subject expects {cfg.in_dim}")

@@ -19,7 +19,7 @@ from koopmanlens.capture import capture, check_finite, get_module, hooks
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.kae import KAEConfig, KoopmanAE, train_kae
-from koopmanlens.kae.model import fractional_operator_power
+from koopmanlens.kae.model import check_steps, fractional_operator_power
 from koopmanlens.metrics import agreement, classification_metrics
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.subject import predict_logits
@@ -104,8 +104,24 @@ class Surrogate:
         return cls(network, layer_i, layer_j, preprocessor, kae)
 
     # ------------------------------------------------------------------ observables
+    def check_operator(self) -> None:
+        """:class:`InputError` when the operator in use, the generator G (or the edited operator),
+        holds NaN or inf: a diverged or corrupt KAE. Called before any exponential, power or
+        eigen-decomposition of it, which would otherwise return garbage or crash (LAPACK on NaN)."""
+        what, m = (
+            ("generator G", self.kae.generator) if self.operator is None else ("operator", self.operator)
+        )
+        bad = int((~torch.isfinite(m.detach())).sum())
+        if bad:
+            raise InputError(
+                f"the KAE's {what} holds {bad} NaN or inf entries (of {m.numel()}): the KAE diverged "
+                "or its weights are corrupt; refit it"
+            )
+
     def current_operator(self) -> torch.Tensor:
-        """The operator in use: the edited one if set, else exp(G)."""
+        """The operator in use: the edited one if set, else exp(G). :class:`InputError` when it is
+        not finite (:meth:`check_operator`)."""
+        self.check_operator()
         with torch.no_grad():
             return self.kae.operator() if self.operator is None else self.operator
 
@@ -192,12 +208,16 @@ class Surrogate:
     # ------------------------------------------------------------------ trajectories
     @torch.no_grad()
     def observable_trajectory(self, x: torch.Tensor, steps: list[float] | None = None) -> torch.Tensor:
-        """Observables K^(s/k) phi(x_i) for s = 0..k (or ``steps``), shape (S, n, p).
+        """Observables K^(s/k) phi(x_i) for s = 0..k (or ``steps``, each a finite number in [0, k]:
+        :class:`InputError` otherwise), shape (S, n, p).
 
         K^(s/k) is exp(sG/k) for an unedited KAE; after an edit replaced the operator it is the
         fractional matrix power of the edited operator, and :class:`InputError` is raised if that
         power is not real (the steps are then unavailable).
         """
+        self.check_operator()
+        if steps is not None:
+            steps = check_steps(steps, self.kae.k)
         x_i = self.representations(x)[self.layer_i]
         z_i = self.preprocessor.transform_i(x_i).float()
         if self.operator is None:

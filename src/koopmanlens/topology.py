@@ -5,8 +5,11 @@ beta_d(eps) is the number of d-dimensional persistence bars with birth <= eps < 
 
 * beta_0 needs no homology library: the H0 bars of a Vietoris-Rips filtration die exactly at the edge
   lengths of a minimum spanning tree, so beta_0(eps) = n - #{MST edges of length <= eps}. We build the
-  MST with Prim's algorithm over a distance matrix computed by one BLAS matrix product (torch), then
-  recompute the n - 1 tree edge lengths exactly in float64.
+  MST with Prim's algorithm over a distance matrix computed by one BLAS matrix product (torch) on the
+  centred points (distances are translation invariant; far from the origin the product's terms would
+  cancel), then recompute the n - 1 tree edge lengths exactly in float64. The product runs in
+  float32 when its rounding error provably cannot move any tree edge length by more than a relative
+  ``MST_RTOL``, else again in float64 (see :func:`mst_edges`).
 * beta_1 and higher come from ripser.py (persistent homology, MIT licence), cut off at the largest eps
   asked for, on a seeded subsample for large clouds.
 * ``suggest_eps`` picks eps from the data itself: a quantile of the MST edge lengths.
@@ -24,6 +27,9 @@ from koopmanlens.errors import InputError
 
 #: Largest distance matrix (bytes) built without being asked; see ``max_bytes`` arguments.
 DEFAULT_MAX_BYTES = int(os.environ.get("KOOPMANLENS_TOPOLOGY_MAX_BYTES", 4 * 1024**3))
+#: Largest relative error of an MST edge length that the float32 distance matrix may cause before
+#: :func:`mst_edges` recomputes the tree on a float64 one.
+MST_RTOL = 1e-3
 
 
 def _points(points: torch.Tensor | np.ndarray, what: str = "points") -> torch.Tensor:
@@ -55,26 +61,18 @@ def _check_memory(n: int, bytes_per: int, max_bytes: int | None) -> None:
 
 
 def pairwise_sq_distances(points: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances between rows as |a|^2 + |b|^2 - 2 a.b (one BLAS product)."""
+    """Squared Euclidean distances between rows as |a|^2 + |b|^2 - 2 a.b (one BLAS product).
+
+    The identity cancels when the points lie far from the origin compared with their spread: centre
+    them first (as :func:`mst_edges` does)."""
     sq = points.pow(2).sum(1)
     d = torch.addmm(sq[:, None] + sq[None, :], points, points.T, alpha=-2.0)
     return d.clamp_min_(0.0)
 
 
-def mst_edges(
-    points: torch.Tensor | np.ndarray, max_bytes: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum spanning tree of the complete Euclidean graph (Prim's algorithm, O(n^2)).
-
-    Returns:
-        (edges (n - 1, 2) int64, lengths (n - 1,) float64 sorted ascending). Lengths are exact
-        float64 distances between the joined points; the tree is found on float32 distances.
-    """
-    pts = _points(points)
-    n = pts.shape[0]
-    _check_memory(n, 4, max_bytes)
-    p32 = pts.float()
-    d2 = pairwise_sq_distances(p32)
+def _prim(d2: torch.Tensor) -> np.ndarray:
+    """Edges (n - 1, 2) of a minimum spanning tree of the complete graph with weights ``d2``."""
+    n = d2.shape[0]
     best = d2[0].clone()
     parent = torch.zeros(n, dtype=torch.long)
     in_tree = torch.zeros(n, dtype=torch.bool)
@@ -90,10 +88,56 @@ def mst_edges(
         closer = (row < best) & ~in_tree
         best = torch.where(closer, row, best)
         parent = torch.where(closer, v, parent)
-    p64 = pts.double().numpy()
-    lengths = np.linalg.norm(p64[edges[:, 0]] - p64[edges[:, 1]], axis=1)
+    return edges
+
+
+def _gram_error_bound(centred: torch.Tensor) -> float:
+    """A bound on the absolute error of every float32 entry of ``pairwise_sq_distances``: each is
+    |a|^2 + |b|^2 - 2 a.b with terms up to 2 R^2 (R the largest norm), summed over d coordinates;
+    we take 4 sqrt(d) u R^2 per term (the probabilistic rounding-error bound of Higham and Mary
+    2019, with a margin), u = 2^-24, plus the rounding of the coordinates to float32."""
+    d = centred.shape[1]
+    r2 = float(centred.pow(2).sum(1).max())  # float32 is enough for a bound
+    u = float(torch.finfo(torch.float32).eps) / 2
+    return 4 * 4 * (d**0.5 + 2) * u * r2
+
+
+def mst_edges(
+    points: torch.Tensor | np.ndarray, max_bytes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum spanning tree of the complete Euclidean graph (Prim's algorithm, O(n^2)).
+
+    The tree is found on squared distances of the centred points (float64 centring), by one float32
+    BLAS product. If those distances are off by at most delta, every sorted tree length squared is
+    within 2 delta of the exact MST's; when ``delta`` (:func:`_gram_error_bound`) could move the
+    shortest tree edge by more than a relative :data:`MST_RTOL` (tight clusters far apart, duplicate
+    points), the tree is found again on float64 distances (twice the memory, about 3x the time).
+
+    Returns:
+        (edges (n - 1, 2) int64, lengths (n - 1,) float64 sorted ascending). Lengths are exact
+        float64 distances between the joined points.
+    """
+    pts = _points(points)
+    n = pts.shape[0]
+    _check_memory(n, 4, max_bytes)
+    # any common shift leaves distances alone, so the mean may be rounded to the points' dtype;
+    # the subtraction is then exact to a unit round-off of the centred coordinates
+    centred = pts - pts.mean(0, dtype=torch.float64).to(pts.dtype)
+    c32 = centred.float()
+    edges = _prim(pairwise_sq_distances(c32))
+    lengths = _edge_lengths(pts, edges)
+    if 2 * _gram_error_bound(c32) > MST_RTOL * float(lengths.min()) ** 2:
+        _check_memory(n, 8, max_bytes)
+        edges = _prim(pairwise_sq_distances(centred.double()))
+        lengths = _edge_lengths(pts, edges)
     order = np.argsort(lengths, kind="stable")
     return edges[order], lengths[order]
+
+
+def _edge_lengths(pts: torch.Tensor, edges: np.ndarray) -> np.ndarray:
+    """Exact float64 lengths of ``edges`` between rows of ``pts``."""
+    a, b = torch.from_numpy(edges[:, 0]), torch.from_numpy(edges[:, 1])
+    return torch.linalg.vector_norm(pts[a].double() - pts[b].double(), dim=1).numpy()
 
 
 def betti0_from_mst(lengths: np.ndarray, n: int, eps: float | np.ndarray) -> np.ndarray:

@@ -35,10 +35,26 @@ class Dataset:
         if self.x.shape[0] != self.y.shape[0]:
             raise InputError(f"Dataset.x has {self.x.shape[0]} rows but Dataset.y has {self.y.shape[0]}")
         if self.y.dtype != torch.int64:
+            self._check_integral()
             object.__setattr__(self, "y", self.y.long())
+        if len(self.y) and int(self.y.min()) < 0:
+            raise InputError(f"Dataset.y holds the negative label {int(self.y.min())}; labels are 0, 1, ...")
         if not self.class_names:
             n = int(self.y.max().item()) + 1 if len(self.y) else 0
             object.__setattr__(self, "class_names", tuple(str(c) for c in range(n)))
+        elif len(self.y) and int(self.y.max()) >= len(self.class_names):
+            raise InputError(
+                f"Dataset.y holds the label {int(self.y.max())}, but there are {len(self.class_names)} "
+                f"class names: labels must be in [0, {len(self.class_names)})"
+            )
+
+    def _check_integral(self) -> None:
+        y = self.y
+        if y.dtype == torch.bool or y.is_complex():
+            raise InputError(f"Dataset.y must hold integer class labels, got dtype {y.dtype}")
+        if y.is_floating_point() and not (torch.isfinite(y).all() and torch.equal(y, y.round())):
+            bad = y[~(torch.isfinite(y) & (y == y.round()))][:3].tolist()
+            raise InputError(f"Dataset.y must hold whole-number class labels, got {bad}")
 
     @property
     def n_classes(self) -> int:

@@ -148,6 +148,23 @@ def fractional_operator_power(operator: torch.Tensor, s: float, k: int, tol: flo
     return torch.from_numpy(np.ascontiguousarray(m.real)).to(operator.dtype)
 
 
+def check_steps(steps: object, k: int) -> list[float]:
+    """``steps`` as a list of floats, or :class:`InputError` unless every one is a finite number in
+    [0, k]: s = 0 is phi(x_i) itself and s = k the whole map exp(G). The KAE is trained only on
+    s = k (and waypoints inside), so s < 0 or s > k would extrapolate where nothing was fitted
+    (exp(sG/k) grows without bound along any growing mode); it is refused."""
+    try:
+        vals = [float(s) for s in steps]  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"steps must be a list of numbers, got {steps!r}") from exc
+    if not vals:
+        raise InputError("steps is empty; give at least one step s in [0, k]")
+    bad = [v for v in vals if not 0.0 <= v <= k]  # NaN fails too
+    if bad:
+        raise InputError(f"steps must be finite numbers in [0, k] = [0, {k}], got {bad[:5]}")
+    return vals
+
+
 class KoopmanAE(nn.Module):
     """Encoder Linear(q -> h) + LeakyReLU(0.01) + Linear(h -> p); decoder the untied mirror;
     generator G (p x p), initialised to 0 so that the operator starts at the identity.
@@ -217,8 +234,9 @@ class KoopmanAE(nn.Module):
 
     @torch.no_grad()
     def observable_trajectory(self, x_i: torch.Tensor, steps: list[float] | None = None) -> torch.Tensor:
-        """Observables exp(sG/k) phi(x_i) for s in ``steps`` (default 0..k): shape (S, n, p)."""
-        steps = list(range(self.k + 1)) if steps is None else steps
+        """Observables exp(sG/k) phi(x_i) for s in ``steps`` (default 0..k; each in [0, k], see
+        :func:`check_steps`): shape (S, n, p)."""
+        steps = list(range(self.k + 1)) if steps is None else check_steps(steps, self.k)
         dev = self.generator.device
         z = self.encode(x_i.to(dev))
         return torch.stack([(z @ self.operator(s).T).cpu() for s in steps])

@@ -18,12 +18,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from koopmanlens.io import atomic_write_bytes
+
 CMAP = "tab10"
 
 
 def save_png(fig: plt.Figure, path: Path, dpi: int = 90) -> Path:
     """Render ``fig`` to PNG bytes, close it, and write them atomically to ``path``."""
-    from koopmanlens.io import atomic_write_bytes
 
     buf = io.BytesIO()
     try:
@@ -101,25 +102,45 @@ def edit_figure(views: dict, meta: dict, path: Path) -> Path | None:
     return _grid(panels, lab, meta["class_names"], "Observable space before / after the edit", path)
 
 
-def spectrum_figure(views: dict, path: Path) -> Path:
-    """Eigenvalues of exp(G) on the complex plane with the unit circle, and of G."""
+def _plot_spectrum(series: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Eigenvalues of exp(G) on the complex plane with the unit circle, and of G; ``series``: one
+    (label, generator eigenvalues (p, 2), operator eigenvalues (p, 2)) per KAE, as [real, imag]."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
-    ek = views["eig_operator"].numpy()
-    eg = views["eig_generator"].numpy()
     t = np.linspace(0, 2 * np.pi, 400)
     axes[0].plot(np.cos(t), np.sin(t), "k--", lw=0.8, label="unit circle")
-    axes[0].scatter(ek[:, 0], ek[:, 1], s=12, color="C3", label="eigenvalues of exp(G)")
-    axes[0].set_aspect("equal")
-    axes[0].set_title("Koopman operator exp(G)")
     axes[1].axvline(0, color="k", lw=0.8, ls="--", label="Re = 0")
-    axes[1].scatter(eg[:, 0], eg[:, 1], s=12, color="C0", label="eigenvalues of G")
-    axes[1].set_title("Generator G (growth / decay rates)")
+    one = len(series) == 1
+    for i, (label, eg, ek) in enumerate(series):
+        axes[0].scatter(ek[:, 0], ek[:, 1], s=12, color="C3" if one else f"C{i}", label=f"exp(G){label}")
+        axes[1].scatter(eg[:, 0], eg[:, 1], s=12, color="C0" if one else f"C{i}", label=f"G{label}")
+    axes[0].set_aspect("equal")
+    axes[0].set_title("Koopman operator exp(G): eigenvalues")
+    axes[1].set_title("Generator G: eigenvalues (growth / decay rates)")
     for ax in axes:
         ax.set_xlabel("real part")
         ax.set_ylabel("imaginary part")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def spectrum_figure(views: dict, path: Path) -> Path:
+    """Eigenvalues of exp(G) on the complex plane with the unit circle, and of G (from the views)."""
+    return _plot_spectrum([("", views["eig_generator"].numpy(), views["eig_operator"].numpy())], path)
+
+
+def spectrum_block_figure(block: dict, path: Path) -> Path:
+    """The same plot for every seed of a run, from the ``spectrum`` block of metrics.json (what
+    ``koopmanlens spectrum`` computes)."""
+    series = [
+        (
+            f", seed {r['seed']}",
+            np.asarray(r["generator_eigenvalues"], dtype=np.float64).reshape(-1, 2),
+            np.asarray(r["operator_eigenvalues"], dtype=np.float64).reshape(-1, 2),
+        )
+        for r in block["per_seed"]
+    ]
+    return _plot_spectrum(series, path)
 
 
 def training_figure(run_dir: Path, path: Path) -> Path | None:
