@@ -137,9 +137,17 @@ class LayerScaler:
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], q: int | None = None) -> LayerScaler:
         obj = cls(q)
-        obj.mean_ = state["mean"].to(torch.float64)
-        obj.components_ = state["components"].to(torch.float64)
-        obj.scale_ = float(state["scale"][0])
+        mean, comps, scale = state["mean"], state["components"], state["scale"]
+        if mean.ndim != 1 or comps.ndim != 2 or comps.shape[0] != mean.shape[0] or scale.shape != (1,):
+            raise InputError(
+                f"scaler state is inconsistent: mean {tuple(mean.shape)}, components {tuple(comps.shape)}, "
+                f"scale {tuple(scale.shape)} (expected (d,), (d, q), (1,))"
+            )
+        if not float(scale[0]) > 0:
+            raise InputError(f"scaler state is inconsistent: scale must be positive, got {float(scale[0])}")
+        obj.mean_ = mean.to(torch.float64)
+        obj.components_ = comps.to(torch.float64)
+        obj.scale_ = float(scale[0])
         obj.n_features_in_ = int(obj.mean_.shape[0])
         return obj
 
@@ -264,6 +272,8 @@ class PairPreprocessor:
             {k[2:]: v for k, v in state.items() if k.startswith("j.")}
         )
         obj.rotation_ = state["rotation"].to(torch.float64)
+        if obj.rotation_.ndim != 2 or obj.rotation_.shape[0] != obj.rotation_.shape[1]:
+            raise InputError(f"preprocessing state is inconsistent: rotation {tuple(obj.rotation_.shape)}")
         obj.dim_ = int(obj.rotation_.shape[0])
         if obj.dim_ != max(obj.scaler_i_.components_.shape[1], obj.scaler_j_.components_.shape[1]):
             raise InputError("preprocessing state is inconsistent: rotation and projections differ")

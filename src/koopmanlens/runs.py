@@ -27,16 +27,19 @@ from koopmanlens.io import atomic_write_bytes, read_json, read_tensors, write_js
 from koopmanlens.kae import KAEConfig, KoopmanAE
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.rundir import FORMAT, VERSION, open_new_run, write_marker
-from koopmanlens.schema import Metrics, RunInfo, ViewsMeta, validate
+from koopmanlens.schema import KaeFile, Metrics, PreprocessingFile, RunInfo, ViewsMeta, validate
 from koopmanlens.subject import SubjectConfig
 from koopmanlens.surrogate import Surrogate
+
+#: What building an object from a hand-edited or corrupt config can raise (InputError is a ValueError).
+BAD_CONFIG = (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError, OverflowError)
 
 __all__ = ["FORMAT", "VERSION", "Run", "load_run", "read_metrics", "read_run_info", "save_run"]
 
 
-def load_module_state(module: nn.Module, path: str | Path) -> nn.Module:
-    """Load weights from safetensors into ``module`` strictly: missing, extra or mis-shaped tensors
-    raise :class:`ArtifactError`."""
+def load_module_state(module: nn.Module, path: str | Path, skip_finite: tuple[str, ...] = ()) -> nn.Module:
+    """Load weights from safetensors into ``module`` strictly: missing, extra, mis-shaped or
+    non-finite tensors (but those named in ``skip_finite``) raise :class:`ArtifactError`."""
     state = read_tensors(path)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -50,8 +53,16 @@ def load_module_state(module: nn.Module, path: str | Path) -> nn.Module:
                 f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} {tensor.dtype}, expected "
                 f"{tuple(want.shape)} {want.dtype}"
             )
+    _check_finite(state, path, skip=skip_finite)
     module.load_state_dict(state, strict=True)
     return module
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: str | Path, skip: tuple[str, ...] = ()) -> None:
+    """Refuse NaN or inf in saved weights (a model computed from them is garbage), naming the tensor."""
+    for name, tensor in state.items():
+        if name not in skip and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ArtifactError(f"{path}: tensor {name!r} holds NaN or inf; the file is corrupt")
 
 
 def save_subject(out: Path, network: nn.Module) -> None:
@@ -76,9 +87,9 @@ def load_subject(run_dir: Path, network: nn.Module | None = None) -> nn.Module:
             )
         try:
             cfg = SubjectConfig.from_dict(info["config"])
-        except (TypeError, ValueError) as exc:
-            raise ArtifactError(f"{run_dir / 'subject.json'}: bad config: {exc}") from exc
-        network = cfg.build()
+            network = cfg.build()
+        except BAD_CONFIG as exc:
+            raise ArtifactError(f"{run_dir / 'subject.json'}: bad config: {exc!r}") from exc
         network.config_ = cfg  # type: ignore[attr-defined]
     load_module_state(network, run_dir / "subject.safetensors")
     return network.eval()
@@ -90,11 +101,14 @@ def save_preprocessor(out: Path, pre: PairPreprocessor) -> None:
 
 
 def load_preprocessor(run_dir: Path) -> PairPreprocessor:
-    cfg = read_json(run_dir / "preprocessing.json")
+    cfg = validate(
+        PreprocessingFile, read_json(run_dir / "preprocessing.json"), run_dir / "preprocessing.json"
+    )
     state = read_tensors(run_dir / "preprocessing.safetensors")
+    _check_finite(state, run_dir / "preprocessing.safetensors")
     try:
         return PairPreprocessor.from_state_dict(state, cfg)
-    except (KeyError, ValueError, IndexError, RuntimeError) as exc:
+    except BAD_CONFIG as exc:
         raise ArtifactError(f"{run_dir}: preprocessing artifacts are inconsistent: {exc!r}") from exc
 
 
@@ -119,14 +133,19 @@ def save_kae(out: Path, seed: int, kae: KoopmanAE) -> None:
 
 
 def load_kae(run_dir: Path, seed: int) -> KoopmanAE:
-    info = read_json(run_dir / "kae" / f"seed-{seed}.json")
+    path = run_dir / "kae" / f"seed-{seed}.json"
+    info = validate(KaeFile, read_json(path), path)
     try:
         kae = KoopmanAE(**info["model"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except BAD_CONFIG as exc:
         raise ArtifactError(f"{run_dir}/kae/seed-{seed}.json: bad model config: {exc!r}") from exc
-    load_module_state(kae, run_dir / "kae" / f"seed-{seed}.safetensors")
+    # a non-finite generator is refused later, before any linear algebra, with the seed named
+    load_module_state(kae, run_dir / "kae" / f"seed-{seed}.safetensors", skip_finite=("generator",))
     if info.get("train"):
-        kae.config_ = KAEConfig.from_dict(info["train"])  # type: ignore[attr-defined]
+        try:
+            kae.config_ = KAEConfig.from_dict(info["train"])  # type: ignore[attr-defined]
+        except BAD_CONFIG as exc:
+            raise ArtifactError(f"{run_dir}/kae/seed-{seed}.json: bad training config: {exc}") from exc
     return kae.eval()
 
 

@@ -153,3 +153,27 @@ def validate(model: type[_Model], obj: object, path: Path | str) -> dict:
     except ValidationError as exc:
         raise ArtifactError(_message(path, exc)) from None
     return obj  # type: ignore[return-value]
+
+
+Size = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class PreprocessingFile(_Model):
+    """``preprocessing.json``."""
+
+    q: Size | None = None
+
+
+class KaeModel(_Model):
+    dim: Size
+    hidden: Size
+    observables: Size
+    k: Size
+    expm_method: Literal["taylor", "torch"] = "taylor"
+
+
+class KaeFile(_Model):
+    """``kae/seed-<s>.json``: the model's shape (the training config is kept as written)."""
+
+    model: KaeModel
+    train: dict | None = None
