@@ -51,3 +51,15 @@ def tiny_surrogate(tiny_subject, yy_small):
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Path:
+    """One finished quick Yin-Yang run (1 seed) with its report. Shared: tests that change a run
+    folder copy it first."""
+    from helpers import quick_yinyang
+
+    out = tmp_path_factory.mktemp("quick") / "run"
+    res = quick_yinyang(out, 1, report=True)
+    assert res.exit_code == 0, res.output
+    return out

@@ -8,9 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
 import torch
-from helpers import quick_yinyang
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -37,14 +35,6 @@ json_value = st.recursive(
     ),
     max_leaves=6,
 )
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fuzz") / "run"
-    res = quick_yinyang(out, 1, report=True)
-    assert res.exit_code == 0, res.output
-    return out
 
 
 def _paths(obj, prefix=()):
@@ -101,9 +91,9 @@ def _check(res) -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), name=st.sampled_from(["run.json", "metrics.json"]))
-def test_mutated_json_never_gives_a_traceback_in_show(base_run, data, name):
+def test_mutated_json_never_gives_a_traceback_in_show(quick_run, data, name):
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(shutil.copytree(base_run, Path(tmp) / "run"))
+        run = Path(shutil.copytree(quick_run, Path(tmp) / "run"))
         obj = _mutate_json(json.loads((run / name).read_text()), data)
         (run / name).write_text(json.dumps(obj))
         _check(runner.invoke(app, ["show", str(run)]))
@@ -131,9 +121,9 @@ def test_mutated_json_never_gives_a_traceback_in_show(base_run, data, name):
         ]
     ),
 )
-def test_mutated_files_never_give_a_traceback_in_report(base_run, data, name):
+def test_mutated_files_never_give_a_traceback_in_report(quick_run, data, name):
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(shutil.copytree(base_run, Path(tmp) / "run"))
+        run = Path(shutil.copytree(quick_run, Path(tmp) / "run"))
         if name.endswith(".json"):
             obj = _mutate_json(json.loads((run / name).read_text()), data)
             (run / name).write_text(json.dumps(obj))

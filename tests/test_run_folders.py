@@ -27,15 +27,6 @@ from koopmanlens.rundir import RunLock, StaleLockWarning, open_new_run, open_run
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
-    """One finished quick Yin-Yang run with its report, copied by the tests that change it."""
-    out = tmp_path_factory.mktemp("quick") / "run"
-    res = quick_yinyang(out, 1, report=True)
-    assert res.exit_code == 0, res.output
-    return out
-
-
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
