@@ -96,7 +96,7 @@ def test_second_writer_fails_fast_and_names_the_owner(tmp_path):
     with open_new_run(out, experiment={"a": 1}):
         t0 = time.perf_counter()
         res = quick_yinyang(out, 1, "--resume")
-        assert time.perf_counter() - t0 < 5
+        assert time.perf_counter() - t0 < 30  # no waiting for the lock
         assert res.exit_code == 2
         assert "in use by reproduce" in res.output and f"pid {os.getpid()}" in res.output
         # --overwrite during another run must not delete its files either
@@ -272,15 +272,35 @@ def test_read_only_run_folder_fails_before_any_work(quick_run, tmp_path, command
     if cmd is None:
         pytest.skip("running as root without setpriv: permissions cannot be enforced")
     try:
-        t0 = time.perf_counter()
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        took = time.perf_counter() - t0
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     finally:
         _chmod_tree(out, 0o755, 0o644)
     assert res.returncode == 2, res.stderr
     assert "cannot write" in res.stderr and "Traceback" not in res.stderr
-    assert took < 15  # refused up front, not after the work
     assert _tree(out) == before
+
+
+@pytest.mark.parametrize("command", [["edit", "--forget", "0"], ["topology"], ["spectrum"], ["report"]])
+def test_unwritable_run_folder_is_refused_before_the_run_is_loaded(quick_run, tmp_path, monkeypatch, command):
+    """The order, in-process: the write probe fails before any work (loading the run) starts."""
+    import tempfile
+
+    from koopmanlens import cli
+    from koopmanlens import report as report_pkg
+
+    out = _copy(quick_run, tmp_path / "ro")
+
+    def no_write(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    def no_work(*a, **k):
+        raise AssertionError("the run was loaded before the folder was found unwritable")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_write)
+    monkeypatch.setattr(cli, "_load", no_work)
+    monkeypatch.setattr(report_pkg, "write_report", no_work)
+    res = runner.invoke(app, [command[0], str(out), *command[1:]])
+    assert res.exit_code == 2 and "cannot write" in res.output, (res.output, res.exception)
 
 
 def test_read_only_parent_is_a_clear_error(tmp_path):
