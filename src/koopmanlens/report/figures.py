@@ -223,7 +223,7 @@ def _distance_panel(ax: plt.Axes, topo: dict) -> None:
     )
     ax.set_ylabel("KAE step s")
     ax.set_title("beta_0 curve distance, step vs layer", fontsize=9)
-    ax.legend(fontsize=6, loc="upper left")
+    ax.legend(fontsize=6, loc="lower right")
     plt.colorbar(im, ax=ax)
 
 
