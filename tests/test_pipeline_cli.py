@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from helpers import quick_yinyang
 from typer.testing import CliRunner
@@ -34,6 +35,31 @@ def test_reproduce_writes_editing_and_topology(quick_run):
     assert len(topo["layer_beta0"]) == 6 and topo["kae_steps"][0] == 0 and topo["kae_steps"][-1] == 100
     assert all(1 <= b <= topo["n_points"] for b in topo["layer_beta0"] + topo["kae_beta0"])
     assert topo["eps"] > 0
+
+
+def test_topology_block_has_pooled_curves_and_the_step0_gap(quick_run):
+    topo = json.loads((quick_run / "metrics.json").read_text())["topology"]
+    n_layers, n_steps, n_grid = len(topo["layers"]), len(topo["kae_steps"]), len(topo["eps_grid"])
+    for key, rows in (("layer", n_layers), ("kae", n_steps)):
+        for d in (0, 1):
+            assert np.asarray(topo[f"{key}_beta{d}_curves"]).shape == (rows, n_grid)
+        assert all(c[-1] == 1 for c in topo[f"{key}_beta0_curves"])  # the grid reaches every cloud's top
+    assert np.asarray(topo["step_layer_distance_beta0"]).shape == (n_steps, n_layers)
+    assert topo["layer_span"] == [0, n_layers - 1] and topo["matched_layer"][0] == 0
+    assert topo["matched_layer"][-1] == n_layers - 1
+    gap = topo["reconstruction_gap"]
+    assert gap["layer"] == "input" and gap["step"] == 0
+    assert gap["step_beta0"] == topo["kae_beta0"][0] and gap["layer_beta0"] == topo["layer_beta0"][0]
+    assert gap["distance_beta0"] == topo["step_layer_distance_beta0"][0][0]
+    assert topo["prediction_gap"]["layer"] == topo["layers"][-1]
+    if topo["eps_rule"] != "given by the user":
+        assert "pooled over all layers" in topo["eps_rule"]
+        # the pooled median is the middle point of the odd quantile grid, so the single-eps view is
+        # one column of the curves
+        mid = n_grid // 2
+        assert topo["eps"] == pytest.approx(topo["eps_grid"][mid])
+        assert topo["layer_beta0"] == [c[mid] for c in topo["layer_beta0_curves"]]
+        assert topo["kae_beta0"] == [c[mid] for c in topo["kae_beta0_curves"]]
 
 
 def test_cli_edit_stores_edits(quick_run):

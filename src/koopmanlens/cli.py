@@ -270,11 +270,14 @@ def edit(
 )
 def topology(
     run_dir: Path = typer.Argument(..., help="A run folder written by `reproduce`."),
-    eps: float | None = typer.Option(None, "--eps", help="Scale (default: read off the data)."),
+    eps: float | None = typer.Option(
+        None, "--eps", help="Scale of the single-eps view (default: median MST edge pooled over all clouds)."
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST folder (MNIST runs)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """beta_0 along the layers and the KAE steps; written into the run's metrics.json."""
+    """Betti curves of the layers and the KAE steps over one pooled eps grid, their distances, and
+    beta_0 at one eps; written into the run's metrics.json (docs/topology.md)."""
     from koopmanlens import pipeline
     from koopmanlens.report import topology_table
     from koopmanlens.rundir import open_run_for_update

@@ -25,6 +25,7 @@ from koopmanlens.rundir import open_new_run
 from koopmanlens.runs import write_run_files
 from koopmanlens.subject import SubjectConfig, evaluate_classifier, subject_config, train_resmlp
 from koopmanlens.surrogate import Surrogate, aligned_layers
+from koopmanlens.topology_stage import topology_block
 from koopmanlens.training import progress_bar
 
 
@@ -487,96 +488,6 @@ def compute_views(
         views["edit_after"] = (after - m0) @ b2
         meta["edit"] = {"forget": forget, "into": edit.into, "method": edit.method}
     return {k_: v.contiguous() for k_, v in views.items()}, meta
-
-
-def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Spearman's rho of two sequences; None when ``b`` is constant (rho undefined)."""
-    from scipy.stats import spearmanr
-
-    if len(set(b)) < 2:
-        return None
-    return float(spearmanr(a, b).statistic)
-
-
-def _check_given_eps(eps: object) -> None:
-    """:class:`InputError` unless ``eps`` is a finite number > 0."""
-    try:
-        ok = 0.0 < float(eps) < float("inf")  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise InputError(
-            f"eps must be a finite number > 0, got {eps!r} (non-negative is not enough: at eps = 0 "
-            "every point is its own component, so beta_0 would only count the points)"
-        )
-
-
-def topology_block(
-    network: nn.Module,
-    layers: Sequence[str],
-    train: Dataset,
-    test: Dataset,
-    surrogate: Surrogate,
-    eps: float | None = None,
-    eps_quantile: float = 0.5,
-    max_points: int = 5000,
-    max_steps: int = 20,
-    seed: int = 0,
-    max_fit_points: int = 10000,
-    progress: bool = False,
-) -> dict:
-    """beta_0 along the network's layers (each preprocessed and aligned to the last layer, METHOD
-    section 4, fitted on up to ``max_fit_points`` training samples) and along the KAE's decoded
-    steps, on up to ``max_points`` test samples, at one eps. Default eps: the ``eps_quantile`` of the
-    MST edge lengths of the first layer's aligned test states (:func:`koopmanlens.topology.suggest_eps`);
-    a given ``eps`` must be finite and > 0 and is recorded as ``eps_rule = "given by the user"``."""
-    from koopmanlens import topology
-
-    if eps is not None:
-        _check_given_eps(eps)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(test), generator=g)[:max_points]
-    sub = test.subset(idx)
-    aligned = aligned_layers(
-        network,
-        layers,
-        train,
-        sub,
-        surrogate.preprocessor.q,
-        max_fit_points,
-        seed,
-        reference=surrogate.preprocessor,
-    )
-    if eps is None:
-        eps = topology.suggest_eps(aligned[layers[0]], eps_quantile)
-        eps_rule = f"quantile {eps_quantile} of MST edge lengths of layer {layers[0]!r} (aligned)"
-    else:
-        eps_rule = "given by the user"
-    k = surrogate.kae.k
-    steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
-    states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps])
-    with progress_bar(progress) as bar:
-        task = bar.add_task("topology layers+steps", total=len(layers) + len(steps), info="")
-
-        def b0(points: torch.Tensor, what: str) -> int:
-            n = topology.betti0(points, eps)
-            bar.update(task, advance=1, info=what)
-            return n
-
-        layer_b0 = [b0(aligned[n], n) for n in layers]
-        step_b0 = [b0(states[t], f"s = {s}") for t, s in enumerate(steps)]
-
-    return {
-        "eps": float(eps),
-        "eps_rule": eps_rule,
-        "n_points": len(sub),
-        "layers": list(layers),
-        "layer_beta0": layer_b0,
-        "layer_spearman": _spearman(range(len(layers)), layer_b0),
-        "kae_steps": steps,
-        "kae_beta0": step_b0,
-        "kae_spearman": _spearman(steps, step_b0),
-    }
 
 
 YINYANG_PRESETS = ("default", "paper")

@@ -94,6 +94,32 @@ class EditingBlock(_Model):
     per_class: list[EditRow]
 
 
+NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class Tracking(_Model):
+    """Does the KAE step sequence track the layer sequence (topology_stage.tracking_summary)."""
+
+    matched_mean: NonNegFloat
+    other_mean: NonNegFloat | None = None
+    ratio: NonNegFloat | None = None
+    nearest_is_matched: Frac
+    nearest_offset: NonNegFloat
+    nearest_spearman: Finite | None = None
+    nearest_layer: list[NonNeg]
+
+
+class Gap(_Model):
+    """A decoded KAE step beside the layer it should equal (step 0 vs layer i, step k vs layer j)."""
+
+    layer: Name
+    step: NonNeg
+    layer_beta0: NonNeg
+    step_beta0: NonNeg
+    distance_beta0: NonNegFloat
+    distance_beta1: NonNegFloat | None = None
+
+
 class TopologyBlock(_Model):
     eps: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
     n_points: NonNeg
@@ -103,6 +129,25 @@ class TopologyBlock(_Model):
     kae_steps: Annotated[list[NonNeg], Field(min_length=1)]
     kae_beta0: Annotated[list[NonNeg], Field(min_length=1)]
     kae_spearman: Finite | None = None
+    eps_rule: Name | None = None
+    kae_seed: NonNeg | None = None
+    # Betti curves over one pooled eps grid (docs/topology.md); absent in runs made before them
+    grid_rule: Name | None = None
+    eps_grid: Annotated[list[NonNegFloat], Field(min_length=2)] | None = None
+    layer_span: Annotated[list[NonNeg], Field(min_length=2, max_length=2)] | None = None
+    layer_beta0_curves: list[list[NonNeg]] | None = None
+    kae_beta0_curves: list[list[NonNeg]] | None = None
+    layer_beta1_curves: list[list[NonNeg]] | None = None
+    kae_beta1_curves: list[list[NonNeg]] | None = None
+    beta1_points: NonNeg | None = None
+    step_layer_distance_beta0: list[list[NonNegFloat]] | None = None
+    step_layer_distance_beta1: list[list[NonNegFloat]] | None = None
+    layer_layer_distance_beta0: list[list[NonNegFloat]] | None = None
+    matched_layer: list[NonNeg] | None = None
+    tracking_beta0: Tracking | None = None
+    tracking_beta1: Tracking | None = None
+    reconstruction_gap: Gap | None = None
+    prediction_gap: Gap | None = None
 
 
 class Metrics(_Model):

@@ -287,3 +287,40 @@ def curve_distance(a: np.ndarray, b: np.ndarray, eps_grid: np.ndarray | None = N
     if a.shape != b.shape:
         raise InputError(f"curves of shapes {a.shape} and {b.shape} cannot be compared")
     return float(np.abs(a - b).mean())
+
+
+def _pooled_lengths(mst_lengths: Sequence[np.ndarray]) -> np.ndarray:
+    arrays = [np.asarray(a, dtype=np.float64).ravel() for a in mst_lengths]
+    if not arrays or any(a.size == 0 for a in arrays):
+        raise InputError("give the MST edge lengths of at least one cloud, each with >= 1 edge")
+    pooled = np.concatenate(arrays)
+    if not np.isfinite(pooled).all() or (pooled < 0).any():
+        raise InputError("MST edge lengths must be finite and non-negative")
+    return pooled
+
+
+def pooled_eps_grid(mst_lengths: Sequence[np.ndarray], n: int = 65) -> np.ndarray:
+    """One eps grid for a set of clouds, read off all of them alike: the quantiles at levels
+    0, 1/(n-1), ..., 1 of their MST edge lengths pooled (each cloud's ``mst_edges`` lengths).
+
+    Why this rule: (a) it is symmetric in the clouds (a pooled multiset), so no cloud (e.g. the first
+    layer) sets the scale and reordering the clouds leaves it unchanged; (b) it runs from the
+    shortest to the longest tree edge of any cloud, so every cloud's beta_0 curve falls from near n
+    to exactly 1 inside the grid; (c) its points are dense where merges happen, so one long edge (an
+    outlier, or the gap between collapsed classes) cannot squeeze every other cloud's merges into the
+    first grid step as a uniform grid from 0 would. The mean absolute difference of two curves on
+    this grid (:func:`curve_distance`) weighs each scale by the pooled density of merges.
+    Clouds of equal size weigh equally.
+    """
+    if n < 2:
+        raise InputError("an eps grid needs at least 2 points")
+    return np.quantile(_pooled_lengths(mst_lengths), np.linspace(0.0, 1.0, n))
+
+
+def pooled_eps(mst_lengths: Sequence[np.ndarray], quantile: float = 0.5) -> float:
+    """One eps for a set of clouds: the ``quantile`` of their MST edge lengths pooled (see
+    :func:`pooled_eps_grid`; the median is the middle point of an odd grid). Unlike
+    :func:`suggest_eps` on one cloud, no cloud's beta_0 is fixed to (1 - quantile) n by construction."""
+    if not 0.0 <= quantile <= 1.0:
+        raise InputError(f"quantile must be in [0, 1], got {quantile}")
+    return float(np.quantile(_pooled_lengths(mst_lengths), quantile))

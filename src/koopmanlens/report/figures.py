@@ -170,11 +170,79 @@ def training_figure(run_dir: Path, path: Path) -> Path | None:
 
 
 def topology_figure(metrics: dict, path: Path) -> Path | None:
-    """Figs. 3A: beta_0 along the layers and along the KAE steps at one eps."""
+    """Fig. 3A and its honest version: beta_0 curves of the layers and the KAE steps over one pooled
+    grid, the step x layer curve distances, and beta_0 at one eps (runs made before the curves: the
+    last panel only)."""
     topo = metrics.get("topology")
     if not topo:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    curves = "tracking_beta0" in topo
+    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(14 if curves else 9, 3.8))
+    if curves:
+        _curves_panel(axes[0], topo)
+        _distance_panel(axes[1], topo)
+        _single_eps_panel(axes[2], topo)
+    else:
+        _single_eps_panel_old(axes, topo)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def _curves_panel(ax: plt.Axes, topo: dict) -> None:
+    grid = np.asarray(topo["eps_grid"], dtype=float)
+    cmap = plt.get_cmap("viridis")
+    n_layers = len(topo["layers"])
+    for li, (name, curve) in enumerate(zip(topo["layers"], topo["layer_beta0_curves"], strict=True)):
+        ax.plot(grid, curve, color=cmap(li / max(n_layers - 1, 1)), lw=2, label=f"layer {name}")
+    steps, matched = topo["kae_steps"], topo["matched_layer"]
+    show = sorted({0, len(steps) // 2, len(steps) - 1})
+    for si in show:
+        ax.plot(
+            grid, topo["kae_beta0_curves"][si], ls="--", lw=1.2,
+            color=cmap(matched[si] / max(n_layers - 1, 1)), label=f"KAE step {steps[si]}",
+        )  # fmt: skip
+    ax.set_xscale(
+        "log" if grid[0] > 0 else "symlog", **({} if grid[0] > 0 else {"linthresh": grid[1] or 1e-6})
+    )
+    ax.set_yscale("log")
+    ax.set_xlabel("eps (pooled quantile grid)")
+    ax.set_ylabel("beta_0")
+    ax.set_title("beta_0 curves: layers (solid), KAE steps (dashed)", fontsize=9)
+    ax.legend(fontsize=6)
+
+
+def _distance_panel(ax: plt.Axes, topo: dict) -> None:
+    dist = np.asarray(topo["step_layer_distance_beta0"], dtype=float)
+    im = ax.imshow(dist, aspect="auto", cmap="magma_r", origin="lower")
+    rows = np.arange(len(topo["kae_steps"]))
+    ax.plot(topo["matched_layer"], rows, "w-", lw=1.5, label="l(s), even pace")
+    ax.plot(topo["tracking_beta0"]["nearest_layer"], rows, "c.", ms=6, label="nearest layer")
+    ax.set_xticks(range(len(topo["layers"])), topo["layers"], rotation=30, fontsize=7)
+    ax.set_yticks(
+        rows[:: max(1, len(rows) // 6)], [topo["kae_steps"][r] for r in rows[:: max(1, len(rows) // 6)]]
+    )
+    ax.set_ylabel("KAE step s")
+    ax.set_title("beta_0 curve distance, step vs layer", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    plt.colorbar(im, ax=ax)
+
+
+def _single_eps_panel(ax: plt.Axes, topo: dict) -> None:
+    """Layers and steps on one axis: step s sits at its even-pace layer position i + s (j - i) / k."""
+    i, j = topo["layer_span"]
+    steps = np.asarray(topo["kae_steps"], dtype=float)
+    pos = i + steps * (j - i) / max(steps[-1], 1)
+    ax.plot(range(len(topo["layers"])), topo["layer_beta0"], "o-", color="k", label="network layers")
+    ax.plot(pos, topo["kae_beta0"], ".--", color="C3", label=f"KAE steps (seed {topo.get('kae_seed', 0)})")
+    ax.set_xticks(range(len(topo["layers"])), topo["layers"], rotation=30, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("beta_0 (components)")
+    rule = "given" if topo.get("eps_rule") == "given by the user" else "pooled median MST edge"
+    ax.set_title(f"beta_0 at one eps = {topo['eps']:.3g} ({rule})", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def _single_eps_panel_old(axes: np.ndarray, topo: dict) -> None:
     axes[0].plot(range(len(topo["layers"])), topo["layer_beta0"], "o-", color="k", label="network layers")
     axes[0].set_xticks(range(len(topo["layers"])), topo["layers"], rotation=30, fontsize=7)
     axes[0].set_xlabel("layer")
@@ -187,8 +255,6 @@ def topology_figure(metrics: dict, path: Path) -> Path | None:
     for ax in axes:
         ax.set_ylabel("beta_0 (components)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    return save_png(fig, path)
 
 
 def write_figures(run_dir: Path, views: dict | None, meta: dict | None, metrics: dict) -> dict[str, Path]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from koopmanlens.report.tables import fmt_rho, num, pct, real, run_spec
+from koopmanlens.report.tables import fmt_rho, num, pct, real, run_spec, tracking_line
 
 
 def esc(value: object) -> str:
@@ -111,10 +111,43 @@ def topology_html(metrics: dict) -> str:
             fmt_rho(t.get("kae_spearman")),
         ],
     ]
-    return (
-        f"<h2>Topology: beta_0 at eps = {num(t['eps'], '.4g')} on {esc(t.get('n_points', '?'))} "
-        "test points</h2>" + table(["sequence", "beta_0", "Spearman(step, beta_0)"], rows)
+    single = (
+        f"<h3>beta_0 at one eps = {num(t['eps'], '.4g')} on {esc(t.get('n_points', '?'))} test points</h3>"
+        + (f"<p>eps: {esc(t['eps_rule'])}</p>" if t.get("eps_rule") else "")
+        + table(["sequence", "beta_0", "Spearman(step, beta_0)"], rows)
     )
+    return "<h2>Topology</h2>" + topology_curves_html(t) + single
+
+
+def topology_curves_html(t: dict) -> str:
+    """Betti curves over one pooled grid: per KAE step its layer l(s), the nearest layer and the
+    curve distances; the tracking summary; step 0 beside layer i (the reconstruction gap)."""
+    if "tracking_beta0" not in t:
+        return ""
+    layers, gap = t["layers"], t["reconstruction_gap"]
+    nearest = t["tracking_beta0"]["nearest_layer"]
+    rows = [
+        [s, layers[m], num(row[m], ".4g"), layers[n], num(row[n], ".4g")]
+        for s, m, row, n in zip(
+            t["kae_steps"], t["matched_layer"], t["step_layer_distance_beta0"], nearest, strict=True
+        )
+    ]
+    lines = [f"beta_0: {tracking_line(t['tracking_beta0'])}"]
+    if t.get("tracking_beta1"):
+        lines.append(f"beta_1 (on {t.get('beta1_points', '?')} points): {tracking_line(t['tracking_beta1'])}")
+    lines.append(
+        f"Step {gap['step']} (the autoencoder's reconstruction of layer {gap['layer']}) vs layer "
+        f"{gap['layer']} itself: beta_0 {gap['step_beta0']} vs {gap['layer_beta0']} at eps = "
+        f"{num(t['eps'], '.4g')}; beta_0 curve distance {num(gap['distance_beta0'], '.4g')}."
+    )
+    grid = t["eps_grid"]
+    head = (
+        f"<h3>Betti curves over one eps grid ({len(grid)} points, {num(grid[0], '.3g')} to "
+        f"{num(grid[-1], '.3g')}, pooled over all layers and steps)</h3>"
+    )
+    paras = "".join(f"<p>{esc(line)}</p>" for line in lines)
+    headers = ["KAE step s", "l(s)", "distance to l(s)", "nearest layer", "its distance"]
+    return head + paras + table(headers, rows)
 
 
 def spectrum_html(metrics: dict) -> str:

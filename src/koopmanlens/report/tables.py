@@ -6,6 +6,7 @@ as it is and never read as rich markup. Numbers go through :func:`num`, which re
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
@@ -145,12 +146,61 @@ def editing_table(metrics: dict) -> Table | None:
     return table
 
 
-def topology_table(metrics: dict) -> Table | None:
-    """beta_0 along the layers and along the KAE steps."""
+def topology_table(metrics: dict) -> Table | Group | None:
+    """The Betti-curve comparison (runs that have it) above beta_0 at one eps along the layers and
+    along the KAE steps."""
     block = metrics.get("topology")
     if not block:
         return None
+    single = _single_eps_table(block)
+    if "tracking_beta0" not in block:
+        return single
+    return Group(topology_curves_table(block), single)
 
+
+def tracking_line(tr: dict) -> str:
+    """The tracking summary of one Betti dimension in one line (numbers only)."""
+    ratio = "-" if tr.get("ratio") is None else num(tr["ratio"], ".2f")
+    return (
+        f"mean distance to l(s) {num(tr['matched_mean'], '.4g')}, to other layers "
+        f"{'-' if tr.get('other_mean') is None else num(tr['other_mean'], '.4g')} (ratio {ratio}); "
+        f"nearest layer = l(s) at {pct(tr['nearest_is_matched'])}% of steps; "
+        f"Spearman(s, nearest layer) {fmt_rho(tr.get('nearest_spearman'))}"
+    )
+
+
+def topology_curves_table(block: dict) -> Table:
+    """Per KAE step: the layer it should stand for, l(s), the layer whose beta_0 curve is nearest,
+    and the curve distances; the caption holds the tracking summary and the step-0 gap."""
+    layers = block["layers"]
+    gap = block["reconstruction_gap"]
+    caption = [f"beta_0: {tracking_line(block['tracking_beta0'])}"]
+    if block.get("tracking_beta1"):
+        caption.append(
+            f"beta_1 ({t(block.get('beta1_points', '?'))} points): {tracking_line(block['tracking_beta1'])}"
+        )
+    caption.append(
+        f"step {t(gap['step'])} vs layer {t(gap['layer'])} itself: beta_0 {t(gap['step_beta0'])} vs "
+        f"{t(gap['layer_beta0'])} at eps = {num(block['eps'], '.4g')}, curve distance "
+        f"{num(gap['distance_beta0'], '.4g')} (the autoencoder's reconstruction gap)"
+    )
+    grid = block["eps_grid"]
+    table = Table(
+        title=f"Betti curves over one pooled eps grid ({len(grid)} points, {num(grid[0], '.3g')}.."
+        f"{num(grid[-1], '.3g')}) on {t(block['n_points'])} test points: distance of each KAE step's "
+        "beta_0 curve to the layers' (mean |difference|, in components)",
+        caption="\n".join(caption),
+    )
+    for col in ("KAE step s", "l(s)", "distance to l(s)", "nearest layer", "its distance"):
+        table.add_column(col, justify="right")
+    dist = block["step_layer_distance_beta0"]
+    nearest = block["tracking_beta0"]["nearest_layer"]
+    for s, m, row, n in zip(block["kae_steps"], block["matched_layer"], dist, nearest, strict=True):
+        table.add_row(t(s), t(layers[m]), num(row[m], ".4g"), t(layers[n]), num(row[n], ".4g"))
+    return table
+
+
+def _single_eps_table(block: dict) -> Table:
     table = Table(title=f"beta_0 at eps = {num(block['eps'], '.4g')} on {t(block['n_points'])} test points")
     table.add_column("sequence")
     table.add_column("beta_0")
@@ -165,6 +215,8 @@ def topology_table(metrics: dict) -> Table | None:
         t(" -> ".join(map(str, block["kae_beta0"]))),
         fmt_rho(block.get("kae_spearman")),
     )
+    if block.get("eps_rule"):
+        table.caption = t(f"eps: {block['eps_rule']}")
     return table
 
 
