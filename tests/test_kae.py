@@ -60,16 +60,75 @@ def test_losses_known_values():
     K = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     z_j = x @ K.T
     assert linear_loss(x, z_j, K) == 0
-    assert linear_loss(x, x, K) > 0
+    # rows (1, 0), (0, 2) against their swaps (0, 1), (2, 0): squared norms 2 and 8
+    assert linear_loss(x, x, K) == pytest.approx(5.0)
     # an isometric (rotated) embedding has zero pairwise and norm isometry loss
     R = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
     assert isometry_loss(x, x @ R, "pairwise") < 1e-10
     assert isometry_loss(x, x @ R, "norm") < 1e-10
-    assert isometry_loss(x, 2 * x, "pairwise") > 0.1
+    # the two points are sqrt(5) apart, their doubles 2 sqrt(5): (sqrt(5))^2 for both ordered pairs
+    assert isometry_loss(x, 2 * x, "pairwise") == pytest.approx(5.0, rel=1e-9)
     # norm form is eq. 6 literally: (|x|^2 - |z|^2)^2
     assert isometry_loss(x, 2 * x, "norm") == pytest.approx(((1 - 4) ** 2 + (4 - 16) ** 2) / 2)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="isometry form must be 'pairwise' or 'norm', got 'cosine'"):
         isometry_loss(x, x, "cosine")
+
+
+def _sq_rows(d):
+    """Mean over rows of the squared norm of each row, by explicit sums (the losses' definition)."""
+    return sum(sum(float(v) ** 2 for v in row) for row in d) / len(d)
+
+
+def test_losses_closed_forms_on_a_planted_linear_map():
+    """Eqs. 3-5 (METHOD section 5) on non-square batches with a planted, non-symmetric operator."""
+    g = torch.Generator().manual_seed(0)
+    z_i = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    K = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, -1.0], [0.5, 0.0, 1.0]], dtype=torch.float64)
+    z_j = z_i @ K.T  # phi(x_j) = exp(G) phi(x_i) exactly, in the column convention
+    assert float(linear_loss(z_i, z_j, K)) == pytest.approx(0.0, abs=1e-24)
+    # the eq. 4 typo (phi(x_i) against its own image) would not vanish here
+    assert float(linear_loss(z_i, z_i, K)) == pytest.approx(_sq_rows(z_i - z_i @ K.T), rel=1e-12)
+    assert _sq_rows(z_i - z_i @ K.T) > 1.0
+    # the transposed operator is a different map: it must not fit
+    assert float(linear_loss(z_i, z_j, K.T)) == pytest.approx(_sq_rows(z_j - z_i @ K), rel=1e-12)
+    delta = torch.arange(15, dtype=torch.float64).reshape(5, 3) / 10 - 0.7
+    assert float(linear_loss(z_i, z_j + delta, K)) == pytest.approx(_sq_rows(delta), rel=1e-12)
+    # reconstruction: the mean over both layers (widths 3 and 2) of the per-sample squared error
+    x_j = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    e_j = torch.tensor([[1.0, -2.0], [0.0, 3.0], [-1.0, 1.0], [2.0, 2.0], [0.5, 0.0]], dtype=torch.float64)
+    got = reconstruction_loss(z_i, x_j, z_i - delta, x_j + e_j)
+    assert float(got) == pytest.approx(0.5 * (_sq_rows(delta) + _sq_rows(e_j)), rel=1e-12)
+    assert _sq_rows(delta) != pytest.approx(_sq_rows(e_j))
+    assert float(state_loss(x_j, x_j - e_j)) == pytest.approx(_sq_rows(e_j), rel=1e-12)
+
+
+def test_isometry_pairwise_closed_form_and_subsample():
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], dtype=torch.float64)  # distances 3, 4, 5
+    z = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    want = (2.0**2 + 3.0**2 + (5.0 - 2**0.5) ** 2) / 3  # distances 1, 1, sqrt(2); 6 ordered pairs
+    assert float(isometry_loss(x, z)) == pytest.approx(want, rel=1e-9)  # pairwise is the default
+    assert float(isometry_loss(x, z, max_pairs_rows=2)) == pytest.approx(4.0, rel=1e-9)
+    assert float(isometry_loss(x, z, "norm")) == pytest.approx((0 + 8.0**2 + 15.0**2) / 3, rel=1e-12)
+    # by default only the first 256 rows of a batch are paired
+    g = torch.Generator().manual_seed(1)
+    xb = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    zb = torch.randn(300, 3, generator=g, dtype=torch.float64)
+    first = isometry_loss(xb[:256], zb[:256], max_pairs_rows=None)
+    assert float(isometry_loss(xb, zb)) == pytest.approx(float(first), rel=1e-12)
+    assert float(isometry_loss(xb, zb, max_pairs_rows=None)) != pytest.approx(float(first), rel=1e-6)
+
+
+def test_isometry_gradient_finite_on_duplicate_points():
+    """The eps under the square root keeps the gradient finite where distances vanish (the diagonal,
+    repeated samples): it is added, never subtracted."""
+    x = torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]], dtype=torch.float64)
+    z = torch.tensor([[0.5, 0.0, 1.0], [0.5, 0.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    z.requires_grad_()
+    loss = isometry_loss(x, z)
+    # pairs (0, 1) twice at distance 0 in both; (0, 2), (1, 2) four times at sqrt(2) vs sqrt(1.25)
+    assert float(loss.detach()) == pytest.approx(4 * (2**0.5 - 1.25**0.5) ** 2 / 6, rel=1e-9)
+    loss.backward()
+    assert torch.isfinite(z.grad).all()
 
 
 def test_triangular_lr_shape():
@@ -259,3 +318,125 @@ def test_divergence_guard_rolls_back_and_halves_lr(monkeypatch):
     assert off.rollbacks_ == 0 and off.history_[3]["state"] > 5 * off.history_[2]["state"]
     with pytest.raises(InputError, match="spike_factor"):
         kae_config("yinyang", spike_factor=0.5)
+
+
+def _kae_with_generator(k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    kae = KoopmanAE(3, 7, 4, k=k).double()
+    with torch.no_grad():
+        kae.generator.copy_(0.5 * torch.randn(4, 4, generator=g, dtype=torch.float64))
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    return kae, x
+
+
+def test_trajectory_step_s_is_exp_of_s_g_over_k():
+    """Eq. 12: step s applies exp(sG/k) (not the whole map exp(G)), checked against torch."""
+    kae, x = _kae_with_generator(k=5)
+    G = kae.generator.detach()
+    z = kae.encode(x).detach()
+    steps = [0.0, 1.0, 2.5, 5.0]
+    obs = kae.observable_trajectory(x, steps)
+    states = kae.trajectory(x, steps)
+    assert obs.shape == (4, 6, 4) and states.shape == (4, 6, 3)
+    for s, o, st in zip(steps, obs, states, strict=True):
+        want = z @ torch.linalg.matrix_exp(s * G / 5).T
+        assert torch.allclose(o, want, atol=1e-12)
+        assert torch.allclose(st, kae.decode(want), atol=1e-12)
+        assert torch.allclose(kae.advance(z, s), want, atol=1e-12)
+        assert torch.allclose(kae.operator(s), torch.linalg.matrix_exp(s * G / 5), atol=1e-12)
+    # the intermediate steps really differ from the whole map
+    assert not torch.allclose(obs[1], obs[-1], atol=1e-3)
+    # default steps: s = 0, 1, ..., k
+    full = kae.observable_trajectory(x)
+    assert full.shape == (6, 6, 4)
+    for s in range(6):
+        assert torch.allclose(full[s], z @ torch.linalg.matrix_exp(s * G / 5).T, atol=1e-12)
+    assert torch.allclose(full[0], z, atol=1e-14)
+    assert torch.allclose(kae.trajectory(x)[2], kae.decode(full[2]), atol=1e-12)
+    # the whole map: operator(), advance(z), forward and batched predict
+    whole = torch.linalg.matrix_exp(G)
+    assert torch.allclose(kae.operator(), whole, atol=1e-12)
+    assert torch.allclose(kae.advance(z), z @ whole.T, atol=1e-12)
+    want_j = kae.decode(z @ whole.T)
+    assert torch.allclose(kae(x), want_j, atol=1e-12)
+    assert torch.allclose(kae.predict(x, batch_size=4), want_j, atol=1e-12)
+    assert torch.allclose(kae.predict(x), want_j, atol=1e-12)
+
+
+def test_check_steps_bounds_and_messages():
+    from koopmanlens.kae.model import check_steps
+
+    assert check_steps([0, 2.5, 4], 4) == [0.0, 2.5, 4.0]
+    assert check_steps((1,), 1) == [1.0]
+    msg = r"steps must be finite numbers in \[0, k\] = \[0, 4\], got \[4\.5\]"
+    with pytest.raises(InputError, match=msg):
+        check_steps([0, 4.5], 4)
+    with pytest.raises(InputError, match=r"got \[-0\.5\]"):
+        check_steps([-0.5, 1], 4)
+    with pytest.raises(InputError, match="got \\[nan\\]"):
+        check_steps([float("nan")], 4)
+    with pytest.raises(InputError, match="steps is empty; give at least one step s in"):
+        check_steps([], 4)
+    with pytest.raises(InputError, match="steps must be a list of numbers, got 'ab'"):
+        check_steps("ab", 4)
+    with pytest.raises(InputError, match="steps must be a list of numbers, got 3"):
+        check_steps(3, 4)
+
+
+def test_fractional_operator_power_known_answers():
+    from koopmanlens.kae.model import fractional_operator_power
+
+    G = _gen(4)
+    K = torch.linalg.matrix_exp(G)
+    for s in (0.5, 1.0, 3.0, 7.0):
+        want = torch.linalg.matrix_exp(s * G / 7)
+        assert torch.allclose(fractional_operator_power(K, s, 7), want, atol=1e-10)
+    assert torch.equal(fractional_operator_power(K, 0, 7), torch.eye(4, dtype=torch.float64))
+    assert torch.equal(fractional_operator_power(K, 7, 7), K)
+    assert fractional_operator_power(K.float(), 3, 7).dtype == torch.float32
+    # a reflection has no real square root
+    with pytest.raises(InputError, match=r"has no real 0\.5-th power"):
+        fractional_operator_power(torch.diag(torch.tensor([-1.0, 1.0])), 1, 2)
+    # a tiny imaginary part (below tol) is dropped; a rotation by pi/2 has the real root rotation pi/4
+    c = 2**-0.5
+    rot = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(
+        fractional_operator_power(rot, 1, 2), torch.tensor([[c, -c], [c, c]], dtype=torch.float64), atol=1e-12
+    )
+    with pytest.raises(InputError, match="k must be a positive number of steps, got 0"):
+        fractional_operator_power(K, 1, 0)
+
+
+def test_taylor_alpha_and_squarings_known_answers(monkeypatch):
+    from koopmanlens.kae import model as M
+
+    A = torch.tensor([[1.0, 10.0], [0.0, 1.0]], dtype=torch.float64)
+    # A^4 = [[1, 40], [0, 1]], A^5 = [[1, 50], [0, 1]]: alpha = min(11, max(41^(1/4), 51^(1/5)))
+    assert M.taylor_alpha(A) == pytest.approx(41**0.25, rel=1e-12)
+    assert M.taylor_alpha(torch.tensor([[0.0, 10.0], [0.0, 0.0]])) == 0.0  # nilpotent
+    assert M.taylor_alpha(torch.diag(torch.tensor([0.5, -3.0], dtype=torch.float64))) == pytest.approx(3.0)
+    assert M._squarings(0.78, 0.78) == 0
+    assert M._squarings(0.79, 0.78) == 1
+    assert M._squarings(3.12, 0.78) == 2
+    assert M._squarings(3.13, 0.78) == 3
+    assert M._squarings(0.1, 0.78) == 0
+    seen = []
+    real_square = M._square
+
+    def spy(m, s):
+        seen.append(s)
+        return real_square(m, s)
+
+    monkeypatch.setattr(M, "_square", spy)
+    # float64 (theta 0.78): ||A||_1 = 11 asks 4 squarings, alpha_3 = 31^(1/3) 3, A^5 brings it to 2
+    want = torch.tensor([[1.0, 10.0], [0.0, 1.0]], dtype=torch.float64) * torch.e
+    assert torch.allclose(M.expm_taylor(A), want, rtol=1e-14, atol=0)
+    # float32 (theta 2.47): 3 by the norm, 1 by alpha_3
+    assert torch.allclose(M.expm_taylor(A.float()).double(), want, rtol=1e-6, atol=0)
+    # 0.5 A: 3 by the norm 5.5, 2 by alpha_3 = 3.875^(1/3), 1 by alpha_4 = max(2.5625^(1/4), 1.59375^(1/5))
+    M.expm_taylor(0.5 * A)
+    M.expm_taylor(torch.diag(torch.tensor([0.7, -0.7], dtype=torch.float64)))
+    assert seen == [2, 1, 1, 0]
+    assert M.TAYLOR_THETA[torch.float64] == 0.78
+    assert M.TAYLOR_THETA[torch.float32] == 2.47
+    assert M.TAYLOR_DEGREE == 16

@@ -1,0 +1,110 @@
+"""The evaluation stage of the pipeline (fit_surrogates, mean_sd) with exact answers: a network whose
+layer j is a similarity transform of layer i, so that an identity KAE is an exact surrogate, and
+train and test splits with different label distributions."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+from helpers import identity_kae
+from torch import nn
+
+from koopmanlens import pipeline
+from koopmanlens.data import Dataset
+from koopmanlens.metrics import classification_metrics
+
+
+def _network():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3), nn.Linear(3, 3))
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(torch.randn(3, 3))
+        net[1].weight.copy_(2.5 * q)  # layer 1 = a scaled rotation of layer 0, plus a shift
+        net[1].bias.copy_(torch.tensor([1.0, -2.0, 0.5]))
+    return net.eval()
+
+
+def _splits(net):
+    g = torch.Generator().manual_seed(1)
+    x_train, x_test = torch.randn(60, 2, generator=g), torch.randn(12, 2, generator=g)
+    with torch.no_grad():
+        y_train, y_test = net(x_train).argmax(1), net(x_test).argmax(1)
+    y_test = y_test.clone()
+    y_test[:3] = (y_test[:3] + 1) % 3  # the network is right on all of train, on 9 of 12 test samples
+    return Dataset(x_train, y_train, class_names=("a", "b", "c")), Dataset(
+        x_test, y_test, split="test", class_names=("a", "b", "c")
+    )
+
+
+def _fake_train_kae(calls):
+    def fake(z_i, z_j, cfg, seed=0, **kwargs):
+        calls.append((z_i, z_j, seed, kwargs))
+        kae = identity_kae(z_i.shape[1], k=cfg.k)
+        kae.history_ = [{"state": 3.0}, {"state": 2.0 + seed}, {"state": 9.0, "rollback": True}]
+        kae.best_epoch_ = 10 + seed
+        kae.train_seconds_ = 0.5 + seed
+        kae.rollbacks_ = seed
+        return kae
+
+    return fake
+
+
+def test_fit_surrogates_reports_the_test_split(monkeypatch):
+    net = _network()
+    train, test = _splits(net)
+    calls = []
+    monkeypatch.setattr(pipeline, "train_kae", _fake_train_kae(calls))
+    pre, kaes, block, seconds = pipeline.fit_surrogates(
+        net, train, test, "0", "1", "yinyang", [0, 2], progress=False
+    )
+    # the preprocessing and the KAEs are fitted on the training split
+    assert len(calls) == 2 and [c[2] for c in calls] == [0, 2]
+    with torch.no_grad():
+        h_train = net[0](train.x).double()
+    assert torch.allclose(pre.scaler_i_.mean_, h_train.mean(0), atol=1e-6)
+    assert calls[0][0].shape == (60, 3)
+    assert torch.allclose(calls[0][0], pre.transform_i(net[0](train.x).detach()), atol=0)
+    assert calls[0][3]["val"] is None
+    # the identity KAE is an exact surrogate here: its numbers are the network's on the test split
+    want = classification_metrics(net(test.x).argmax(1), test.y, 3)
+    assert want["top1"] == 0.75  # not the 1.0 the training split would give
+    assert sorted(kaes) == [0, 2]
+    assert block["seeds"] == [0, 2]
+    assert block["test_top1"] == {"mean": 0.75, "sd": 0.0}
+    assert block["test_macro"] == {"mean": pytest.approx(want["macro"], abs=1e-15), "sd": 0.0}
+    assert want["macro"] != pytest.approx(0.75)
+    assert block["agreement"] == {"mean": 1.0, "sd": 0.0}
+    assert seconds == [0.5, 2.5]
+    rows = block["per_seed"]
+    assert [r["seed"] for r in rows] == [0, 2]
+    assert rows[1]["test_per_class"] == want["per_class"]
+    assert rows[1]["test_top1"] == 0.75 and rows[1]["test_macro"] == pytest.approx(want["macro"], abs=1e-15)
+    assert rows[1]["agreement"] == 1.0
+    assert [r["best_epoch"] for r in rows] == [10, 12]
+    assert [r["final_train_state_loss"] for r in rows] == [2.0, 4.0]  # the rolled-back epoch is skipped
+    assert [r["rollbacks"] for r in rows] == [0, 2]
+    assert set(block) == {"seeds", "test_top1", "test_macro", "agreement", "per_seed"}
+
+
+def test_fit_surrogates_passes_the_validation_pair(monkeypatch):
+    net = _network()
+    train, test = _splits(net)
+    calls = []
+    monkeypatch.setattr(pipeline, "train_kae", _fake_train_kae(calls))
+    pre, *_ = pipeline.fit_surrogates(
+        net, train, test, "0", "1", "yinyang", [1], val=test, q=2, progress=False
+    )
+    assert pre.q == 2
+    val_i, val_j = calls[0][3]["val"]
+    with torch.no_grad():
+        assert torch.equal(val_i, pre.transform_i(net[0](test.x)))
+        assert torch.equal(val_j, pre.transform_j(net[1](net[0](test.x))))
+
+
+def test_mean_sd_is_the_sample_standard_deviation():
+    assert pipeline.mean_sd([1, 2, 3, 4]) == {"mean": 2.5, "sd": pytest.approx((5 / 3) ** 0.5, rel=1e-15)}
+    assert pipeline.mean_sd([1, 2, 3, 4])["sd"] == statistics.stdev([1.0, 2.0, 3.0, 4.0])
+    assert pipeline.mean_sd([0.25]) == {"mean": 0.25, "sd": 0.0}
+    assert pipeline.mean_sd([2, 2]) == {"mean": 2.0, "sd": 0.0}
