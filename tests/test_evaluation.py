@@ -108,3 +108,65 @@ def test_mean_sd_is_the_sample_standard_deviation():
     assert pipeline.mean_sd([1, 2, 3, 4])["sd"] == statistics.stdev([1.0, 2.0, 3.0, 4.0])
     assert pipeline.mean_sd([0.25]) == {"mean": 0.25, "sd": 0.0}
     assert pipeline.mean_sd([2, 2]) == {"mean": 2.0, "sd": 0.0}
+
+
+def test_editing_block_edits_on_train_and_reports_test(monkeypatch):
+    from koopmanlens import editing
+    from koopmanlens.surrogate import Surrogate
+
+    net = _network()
+    train, test = _splits(net)
+    calls = []
+    monkeypatch.setattr(pipeline, "train_kae", _fake_train_kae(calls))
+    pre, kaes, _, _ = pipeline.fit_surrogates(net, train, test, "0", "1", "yinyang", [0, 2], progress=False)
+    ops = {
+        0: torch.eye(3, dtype=torch.float64),
+        2: torch.diag(torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)),
+    }
+    diags = {0: {"solve_seconds": 0.25, "lam_auto": [{"lam": 1.0}, {"lam": 0.5}]}, 2: {}}
+    seen, n_obs = [], []
+    real_obs = editing.class_observables
+
+    def count_obs(sur, data):
+        n_obs.append(len(data))
+        return real_obs(sur, data)
+
+    def fake_unlearn(sur, data, c, method, observables, stats, max_target_accuracy):
+        seed = next(s for s, k in kaes.items() if k is sur.kae)
+        seen.append((c, seed, method, len(data), observables.shape, max_target_accuracy))
+        want = editing.KeyStats.of(observables.T)
+        assert stats.n == want.n == 60 and torch.equal(stats.gram, want.gram)
+        return editing.Edit(
+            c, (c + 1) % 3, method, {}, torch.eye(3), ops[seed], True, diags[seed], 1.0 + seed
+        )
+
+    monkeypatch.setattr(editing, "class_observables", count_obs)
+    monkeypatch.setattr(editing, "unlearn_class", fake_unlearn)
+    block = pipeline.editing_block(
+        net, "0", "1", pre, kaes, train, test, [2, 0], method="emmet", max_target_accuracy=0.05
+    )
+    assert n_obs == [60, 60]  # keys from the training split, once per seed
+    assert seen == [(c, s, "emmet", 60, (60, 3), 0.05) for c in (2, 0) for s in (0, 2)]
+    assert block["method"] == "emmet" and block["split"] == "test" and block["max_target_accuracy"] == 0.05
+    rows = block["per_class"]
+    assert [r["forget"] for r in rows] == [2, 0]
+    for row, c in zip(rows, (2, 0), strict=True):
+        res = [
+            editing.evaluate_edit(
+                Surrogate(net, "0", "1", pre, kaes[s]),
+                editing.Edit(c, (c + 1) % 3, "emmet", {}, torch.eye(3), ops[s], True, diags[s], 1.0 + s),
+                test,
+            )
+            for s in (0, 2)
+        ]
+        assert row["into"] == (c + 1) % 3 and row["into_per_seed"] == [(c + 1) % 3] * 2
+        for key in ("target_before", "target_after", "others_before", "others_after", "seconds"):
+            ms = pipeline.mean_sd([r[key] for r in res])
+            assert row[key] == pytest.approx(ms["mean"], abs=1e-15), key
+            assert row[key + "_sd"] == pytest.approx(ms["sd"], abs=1e-15), key
+        assert row["seconds"] == 2.0 and row["seconds_sd"] == pytest.approx(2**0.5)
+        assert row["solve_seconds"] == pytest.approx((0.25 + 3.0) / 2)
+        assert row["lam_per_seed"] == [0.5, None]
+    # the test split's numbers, not the training split's (where the network is always right)
+    want = classification_metrics(net(test.x).argmax(1), test.y, 3)["per_class"]
+    assert rows[0]["target_before"] == pytest.approx(want[2], abs=1e-15) and want[2] != 1.0
