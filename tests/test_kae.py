@@ -440,3 +440,38 @@ def test_taylor_alpha_and_squarings_known_answers(monkeypatch):
     assert M.TAYLOR_THETA[torch.float64] == 0.78
     assert M.TAYLOR_THETA[torch.float32] == 2.47
     assert M.TAYLOR_DEGREE == 16
+
+
+def test_koopman_ae_architecture_config_and_refusals():
+    kae = KoopmanAE(5, 12, 8, k=10)
+    assert kae.get_config() == {"dim": 5, "hidden": 12, "observables": 8, "k": 10, "expm_method": "taylor"}
+    enc, dec = kae.encoder, kae.decoder
+    assert [tuple(m.weight.shape) for m in (enc[0], enc[2], dec[0], dec[2])] == [
+        (12, 5),
+        (8, 12),
+        (12, 8),
+        (5, 12),
+    ]
+    assert enc[1].negative_slope == 0.01 and dec[1].negative_slope == 0.01
+    assert KoopmanAE(2, 3, 4, k=1, slope=0.2).decoder[1].negative_slope == 0.2
+    assert kae.generator.requires_grad and torch.equal(kae.generator.detach(), torch.zeros(8, 8))
+    assert (kae.dim, kae.hidden, kae.observables, kae.k) == (5, 12, 8, 10)
+    exact = KoopmanAE(2, 3, 4, k=3, expm_method="torch").double()
+    assert exact.get_config()["expm_method"] == "torch"
+    with torch.no_grad():
+        exact.generator.copy_(_gen(4))
+    assert torch.equal(exact.operator(1), torch.linalg.matrix_exp(_gen(4) * (1 / 3)))  # bit for bit
+    with pytest.raises(InputError, match="expm_method must be 'taylor' or 'torch', got 'pade'"):
+        KoopmanAE(5, 12, 8, k=10, expm_method="pade")
+    for bad in ((0, 12, 8, 10), (5, 0, 8, 10), (5, 12, 0, 10), (5, 12, 8, 0)):
+        with pytest.raises(InputError, match="KoopmanAE needs positive dim, hidden, observables and k"):
+            KoopmanAE(*bad)
+    with pytest.raises(InputError, match=r"expected input of shape \(n, 5\), got \(9,\)"):
+        kae.encode(torch.randn(9))
+    with pytest.raises(InputError, match=r"expected input of shape \(n, 5\), got \(9, 4\)"):
+        kae.encode(torch.randn(9, 4))
+    with pytest.raises(InputError, match="expm method must be 'taylor' or 'torch', got 'pade'"):
+        operator_power(_gen(), 3, 7, "pade")
+    with pytest.raises(InputError, match="k must be a positive number of steps, got 0"):
+        operator_power(_gen(), 1, 0)
+    assert torch.equal(operator_power(_gen(), 2, 7, "torch"), torch.linalg.matrix_exp(_gen() * (2 / 7)))
