@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -475,3 +476,73 @@ def test_koopman_ae_architecture_config_and_refusals():
     with pytest.raises(InputError, match="k must be a positive number of steps, got 0"):
         operator_power(_gen(), 1, 0)
     assert torch.equal(operator_power(_gen(), 2, 7, "torch"), torch.linalg.matrix_exp(_gen() * (2 / 7)))
+
+
+def _taylor(x: float, degree: int) -> float:
+    return sum(x**i / math.factorial(i) for i in range(degree + 1))
+
+
+@pytest.mark.parametrize("degree", [16, 15, 13, 12])
+def test_expm_taylor_polynomial_is_the_truncated_series(degree):
+    """With theta above ||A|| (no squaring) the result is the degree-d Taylor polynomial exactly."""
+    from koopmanlens.kae import model as M
+
+    A = torch.diag(torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64))
+    got = M.expm_taylor(A, degree=degree, theta=10.0) if degree != 16 else M.expm_taylor(A, theta=10.0)
+    want = torch.diag(torch.tensor([_taylor(v, degree) for v in (2.0, -1.0, 0.5)], dtype=torch.float64))
+    assert torch.allclose(got, want, rtol=1e-15, atol=0)
+    # a non-diagonal one: J = [[1, 1], [0, 1]], T(J) = [[T(1), T'(1)], [0, T(1)]], T' = T_{d-1}
+    J = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    t, dt = _taylor(1.0, degree), _taylor(1.0, degree - 1)
+    want_j = torch.tensor([[t, dt], [0.0, t]], dtype=torch.float64)
+    assert torch.allclose(M.expm_taylor(J, degree=degree, theta=10.0), want_j, rtol=1e-14, atol=0)
+
+
+def test_expm_taylor_squarings_in_the_prescaled_and_cast_paths(monkeypatch):
+    from koopmanlens.kae import model as M
+
+    seen = []
+    real_square = M._square
+
+    def spy(m, s):
+        seen.append(s)
+        return real_square(m, s)
+
+    monkeypatch.setattr(M, "_square", spy)
+
+    def squarings(a, **kw):
+        seen.clear()
+        out = M.expm_taylor(a, **kw)
+        return list(seen), out
+
+    z = torch.zeros(2, 2, dtype=torch.float64)
+    # ||A||_1 = 1e6 exactly: not above the pre-scaling threshold; A nilpotent, so no squaring at all
+    a = z.clone()
+    a[1, 0] = 1e6
+    s, out = squarings(a)
+    assert s == [0] and torch.equal(out, torch.eye(2, dtype=torch.float64) + a)
+    # just above: pre-scaled by 2^ceil(log2(norm / theta)) = 2^21, then squared back 21 times
+    a[1, 0] = 1e6 + 0.5
+    assert squarings(a)[0] == [0, 21]
+    # the 1-norm decides (a column of 20 entries 1e5: 2-norm and Frobenius 4.5e5, 1-norm 2e6)
+    col = torch.zeros(21, 21, dtype=torch.float64)
+    col[1:, 0] = 1e5
+    s, out = squarings(col)
+    assert s == [0, 22] and torch.allclose(out, torch.eye(21, dtype=torch.float64) + col, rtol=0, atol=1e-6)
+    # an explicit theta reaches the pre-scaled inner call: 1.5e6 / 2^20 = 1.43 <= theta 2: no squaring
+    big = torch.diag(torch.tensor([1.5e6, 0.0], dtype=torch.float64))
+    assert squarings(big, theta=2.0)[0] == [0, 20]
+    # and the float32 cast of other dtypes (bfloat16 here) keeps an explicit theta
+    A = torch.tensor([[1.0, 10.0], [0.0, 1.0]])
+    assert squarings(A.bfloat16())[0] == [1]  # float32's theta 2.47
+    assert squarings(A.bfloat16(), theta=0.78)[0] == [2]
+    assert squarings(A.double(), theta=0.78)[0] == [2]
+
+
+def test_expm_default_method_is_taylor():
+    from koopmanlens.kae.model import expm, expm_taylor
+
+    A = _gen()
+    assert torch.equal(expm(A), expm_taylor(A))
+    assert torch.equal(expm(A, "torch"), torch.linalg.matrix_exp(A))
+    assert torch.equal(operator_power(A, 2, 7), expm_taylor(A * (2 / 7)))
