@@ -546,3 +546,4 @@ def test_expm_default_method_is_taylor():
     assert torch.equal(expm(A), expm_taylor(A))
     assert torch.equal(expm(A, "torch"), torch.linalg.matrix_exp(A))
     assert torch.equal(operator_power(A, 2, 7), expm_taylor(A * (2 / 7)))
+    assert torch.equal(operator_power(A, 1, 1), expm_taylor(A))  # one step is allowed
