@@ -215,3 +215,40 @@ def test_svd_flip_and_rms_scale_known_answers():
     assert axes.shape == (3, 3)
     assert torch.allclose(axes.T @ axes, torch.eye(3, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(axes[:, 0], torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64) / 5**0.5, atol=1e-12)
+
+
+def test_pair_q_config_state_and_messages():
+    x_i, x_j = _data(di=3, dj=5)
+    pre = PairPreprocessor(q=2).fit(x_i, x_j)
+    assert pre.q == 2 and pre.get_config() == {"q": 2}
+    assert pre.scaler_i_.components_.shape == (3, 2) and pre.scaler_j_.components_.shape == (5, 2)
+    assert pre.dim_ == 2
+    state = {k: v.float() for k, v in pre.state_dict().items()}  # e.g. saved in float32
+    again = PairPreprocessor.from_state_dict(state, pre.get_config())
+    assert again.q == 2 and again.dim_ == 2
+    for t in (again.rotation_, again.scaler_i_.mean_, again.scaler_i_.components_, again.scaler_j_.mean_):
+        assert t.dtype == torch.float64
+    assert again.scaler_i_.n_features_in_ == 3 and again.scaler_j_.n_features_in_ == 5
+    assert LayerScaler.from_state_dict(pre.scaler_j_.state_dict(), q=2).q == 2
+    bad = dict(pre.state_dict(), rotation=torch.eye(3, dtype=torch.float64))
+    with pytest.raises(
+        InputError, match="preprocessing state is inconsistent: rotation and projections differ"
+    ):
+        PairPreprocessor.from_state_dict(bad, {})
+    # float32 in, float32 out, both ways
+    z32 = pre.transform_i(x_i.float())
+    assert z32.dtype == torch.float32
+    assert pre.inverse_transform_i(z32).dtype == torch.float32
+    with pytest.raises(InputError, match=r"expected shape \(n, 2\), got \(300, 3\)"):
+        pre.inverse_transform_j(torch.zeros(300, 3))
+    with pytest.raises(InputError, match=r"expected shape \(n, 2\), got \(2,\)"):
+        pre.inverse_transform_i(torch.zeros(2))
+    msg = "x_i has 300 rows but x_j has 299: they must be the representations of the same samples"
+    with pytest.raises(InputError, match=msg):
+        PairPreprocessor().fit(x_i, x_j[:-1])
+    bad_i = x_i.clone()
+    bad_i[0, 0] = float("inf")
+    with pytest.raises(InputError, match="x_i"):
+        PairPreprocessor().fit(bad_i, x_j)
+    with pytest.raises(InputError, match=r"x_j must have shape \(n_samples, n_features\)"):
+        PairPreprocessor().fit(x_i, x_j[:, 0])
