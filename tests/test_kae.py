@@ -109,6 +109,8 @@ def test_isometry_pairwise_closed_form_and_subsample():
     want = (2.0**2 + 3.0**2 + (5.0 - 2**0.5) ** 2) / 3  # distances 1, 1, sqrt(2); 6 ordered pairs
     assert float(isometry_loss(x, z)) == pytest.approx(want, rel=1e-9)  # pairwise is the default
     assert float(isometry_loss(x, z, max_pairs_rows=2)) == pytest.approx(4.0, rel=1e-9)
+    # distances scale: at a tenth of the size (squared distances below 1) the loss is a hundredth
+    assert float(isometry_loss(x / 10, z / 10)) == pytest.approx(want / 100, rel=1e-8)
     assert float(isometry_loss(x, z, "norm")) == pytest.approx((0 + 8.0**2 + 15.0**2) / 3, rel=1e-12)
     # by default only the first 256 rows of a batch are paired
     g = torch.Generator().manual_seed(1)
