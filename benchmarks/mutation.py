@@ -138,13 +138,15 @@ def _prepare(work: Path, module: str, tests: list[str]) -> list[str]:
     return tests
 
 
-def _run_mutmut(work: Path, prefixes: list[str] | None, module: str, max_children: int) -> float:
+def _run_mutmut(
+    work: Path, prefixes: list[str] | None, module: str, max_children: int, names: list[str] | None = None
+) -> float:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/src first
     env["PYTHONHASHSEED"] = "0"
     env.setdefault("OMP_NUM_THREADS", "1")  # one core per mutant worker
     mutmut = shutil.which("mutmut") or "mutmut"
-    names: list[str] = []
-    if prefixes:
+    names = list(names or [])
+    if prefixes and not names:
         dotted = "koopmanlens." + module.removesuffix(".py").replace("/", ".")
         names = [f"{dotted}.{p}*" for p in prefixes]
     t0 = time.perf_counter()
@@ -160,6 +162,20 @@ def _run_mutmut(work: Path, prefixes: list[str] | None, module: str, max_childre
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}); scratch folder {work}")
     return wall
+
+
+def _rerun_survivors(work: Path, module: str, prefixes: list[str] | None, max_children: int) -> float:
+    """Refresh the tests of a kept scratch folder and run mutmut again on its survivors only."""
+    if not (work / "mutants").is_dir():
+        raise SystemExit(f"--rerun-survivors needs the kept scratch folder {work} (run with --keep first)")
+    shutil.rmtree(work / "tests")
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    codes = _read_results(work, module, prefixes)
+    names = [k for k, c in codes.items() if c not in KILLED | TIMEOUT]
+    print(f"rerunning {len(names)} surviving mutants of {module} ...", flush=True)
+    if not names:
+        return 0.0
+    return _run_mutmut(work, None, module, max_children, names)
 
 
 def _read_results(work: Path, module: str, prefixes: list[str] | None) -> dict[str, int | None]:
@@ -232,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch folders")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--named-only", action="store_true", help="only check the review's named mutations")
+    ap.add_argument(
+        "--rerun-survivors",
+        action="store_true",
+        help="with --workdir of a kept run: refresh the tests and rerun only that run's survivors",
+    )
     args = ap.parse_args(argv)
     modules = [] if args.named_only else (args.modules or list(MODULES))
     unknown = [m for m in modules if m not in MODULES]
@@ -243,12 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     results = previous.get("modules", {})
     base = args.workdir or Path(tempfile.mkdtemp(prefix="koopmanlens-mutation-"))
     named = previous.get("named", {})
-    if args.named_only or not args.modules:
+    if args.named_only or (not args.modules and not args.rerun_survivors):
         print("the review's named mutations:", flush=True)
         named = run_named(base)
     for module in modules:
         tests, prefixes = MODULES[module]
         work = base / module.replace("/", "_").removesuffix(".py")
+        if args.rerun_survivors:
+            wall = _rerun_survivors(work, module, prefixes, args.max_children)
+            res = summarise(module, _read_results(work, module, prefixes), equivalent)
+            res["tests"], res["wall_s"] = tests, round(results.get(module, {}).get("wall_s", 0) + wall, 1)
+            results[module] = res
+            print(f"  {module}: {res['killed']} killed, {res['survived']} survived, score {res['score']:.1%}")
+            continue
         tests = _prepare(work, module, tests)
         if not any(t.startswith("tests/") for t in tests):
             print(f"no test file for {module}: skipped (mutmut would run the whole suite)")

@@ -71,7 +71,7 @@ def test_losses_known_values():
     assert isometry_loss(x, 2 * x, "pairwise") == pytest.approx(5.0, rel=1e-9)
     # norm form is eq. 6 literally: (|x|^2 - |z|^2)^2
     assert isometry_loss(x, 2 * x, "norm") == pytest.approx(((1 - 4) ** 2 + (4 - 16) ** 2) / 2)
-    with pytest.raises(InputError, match="isometry form must be 'pairwise' or 'norm', got 'cosine'"):
+    with pytest.raises(InputError, match=r"^isometry form must be 'pairwise' or 'norm', got 'cosine'$"):
         isometry_loss(x, x, "cosine")
 
 
@@ -371,18 +371,18 @@ def test_check_steps_bounds_and_messages():
 
     assert check_steps([0, 2.5, 4], 4) == [0.0, 2.5, 4.0]
     assert check_steps((1,), 1) == [1.0]
-    msg = r"steps must be finite numbers in \[0, k\] = \[0, 4\], got \[4\.5\]"
+    msg = r"^steps must be finite numbers in \[0, k\] = \[0, 4\], got \[4\.5\]$"
     with pytest.raises(InputError, match=msg):
         check_steps([0, 4.5], 4)
     with pytest.raises(InputError, match=r"got \[-0\.5\]"):
         check_steps([-0.5, 1], 4)
     with pytest.raises(InputError, match="got \\[nan\\]"):
         check_steps([float("nan")], 4)
-    with pytest.raises(InputError, match="steps is empty; give at least one step s in"):
+    with pytest.raises(InputError, match=r"^steps is empty; give at least one step s in \[0, k\]$"):
         check_steps([], 4)
-    with pytest.raises(InputError, match="steps must be a list of numbers, got 'ab'"):
+    with pytest.raises(InputError, match=r"^steps must be a list of numbers, got 'ab'$"):
         check_steps("ab", 4)
-    with pytest.raises(InputError, match="steps must be a list of numbers, got 3"):
+    with pytest.raises(InputError, match=r"^steps must be a list of numbers, got 3$"):
         check_steps(3, 4)
 
 
@@ -406,7 +406,7 @@ def test_fractional_operator_power_known_answers():
     assert torch.allclose(
         fractional_operator_power(rot, 1, 2), torch.tensor([[c, -c], [c, c]], dtype=torch.float64), atol=1e-12
     )
-    with pytest.raises(InputError, match="k must be a positive number of steps, got 0"):
+    with pytest.raises(InputError, match=r"^k must be a positive number of steps, got 0$"):
         fractional_operator_power(K, 1, 0)
 
 
@@ -464,18 +464,18 @@ def test_koopman_ae_architecture_config_and_refusals():
     with torch.no_grad():
         exact.generator.copy_(_gen(4))
     assert torch.equal(exact.operator(1), torch.linalg.matrix_exp(_gen(4) * (1 / 3)))  # bit for bit
-    with pytest.raises(InputError, match="expm_method must be 'taylor' or 'torch', got 'pade'"):
+    with pytest.raises(InputError, match=r"^expm_method must be 'taylor' or 'torch', got 'pade'$"):
         KoopmanAE(5, 12, 8, k=10, expm_method="pade")
     for bad in ((0, 12, 8, 10), (5, 0, 8, 10), (5, 12, 0, 10), (5, 12, 8, 0)):
-        with pytest.raises(InputError, match="KoopmanAE needs positive dim, hidden, observables and k"):
+        with pytest.raises(InputError, match=r"^KoopmanAE needs positive dim, hidden, observables and k$"):
             KoopmanAE(*bad)
-    with pytest.raises(InputError, match=r"expected input of shape \(n, 5\), got \(9,\)"):
+    with pytest.raises(InputError, match=r"^expected input of shape \(n, 5\), got \(9,\)$"):
         kae.encode(torch.randn(9))
     with pytest.raises(InputError, match=r"expected input of shape \(n, 5\), got \(9, 4\)"):
         kae.encode(torch.randn(9, 4))
-    with pytest.raises(InputError, match="expm method must be 'taylor' or 'torch', got 'pade'"):
+    with pytest.raises(InputError, match=r"^expm method must be 'taylor' or 'torch', got 'pade'$"):
         operator_power(_gen(), 3, 7, "pade")
-    with pytest.raises(InputError, match="k must be a positive number of steps, got 0"):
+    with pytest.raises(InputError, match=r"^k must be a positive number of steps, got 0$"):
         operator_power(_gen(), 1, 0)
     assert torch.equal(operator_power(_gen(), 2, 7, "torch"), torch.linalg.matrix_exp(_gen() * (2 / 7)))
 

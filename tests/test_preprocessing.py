@@ -232,18 +232,18 @@ def test_pair_q_config_state_and_messages():
     assert LayerScaler.from_state_dict(pre.scaler_j_.state_dict(), q=2).q == 2
     bad = dict(pre.state_dict(), rotation=torch.eye(3, dtype=torch.float64))
     with pytest.raises(
-        InputError, match="preprocessing state is inconsistent: rotation and projections differ"
+        InputError, match=r"^preprocessing state is inconsistent: rotation and projections differ$"
     ):
         PairPreprocessor.from_state_dict(bad, {})
     # float32 in, float32 out, both ways
     z32 = pre.transform_i(x_i.float())
     assert z32.dtype == torch.float32
     assert pre.inverse_transform_i(z32).dtype == torch.float32
-    with pytest.raises(InputError, match=r"expected shape \(n, 2\), got \(300, 3\)"):
+    with pytest.raises(InputError, match=r"^expected shape \(n, 2\), got \(300, 3\)$"):
         pre.inverse_transform_j(torch.zeros(300, 3))
     with pytest.raises(InputError, match=r"expected shape \(n, 2\), got \(2,\)"):
         pre.inverse_transform_i(torch.zeros(2))
-    msg = "x_i has 300 rows but x_j has 299: they must be the representations of the same samples"
+    msg = r"^x_i has 300 rows but x_j has 299: they must be the representations of the same samples$"
     with pytest.raises(InputError, match=msg):
         PairPreprocessor().fit(x_i, x_j[:-1])
     bad_i = x_i.clone()
