@@ -167,6 +167,11 @@ def test_editing_block_edits_on_train_and_reports_test(monkeypatch):
         assert row["seconds"] == 2.0 and row["seconds_sd"] == pytest.approx(2**0.5)
         assert row["solve_seconds"] == pytest.approx((0.25 + 3.0) / 2)
         assert row["lam_per_seed"] == [0.5, None]
+    # defaults: the library's default method and a 1% target
+    seen.clear()
+    default = pipeline.editing_block(net, "0", "1", pre, kaes, train, test, [1])
+    assert {(x[2], x[5]) for x in seen} == {(editing.DEFAULT_METHOD, 0.01)}  # (method, max accuracy)
+    assert default["method"] == editing.DEFAULT_METHOD and default["max_target_accuracy"] == 0.01
     # the test split's numbers, not the training split's (where the network is always right)
     want = classification_metrics(net(test.x).argmax(1), test.y, 3)["per_class"]
     assert rows[0]["target_before"] == pytest.approx(want[2], abs=1e-15) and want[2] != 1.0
