@@ -67,6 +67,8 @@ def test_fit_surrogates_reports_the_test_split(monkeypatch):
     assert calls[0][0].shape == (60, 3)
     assert torch.allclose(calls[0][0], pre.transform_i(net[0](train.x).detach()), atol=0)
     assert calls[0][3]["val"] is None
+    kw = calls[1][3]
+    assert (kw["checkpoint"], kw["checkpoint_every"], kw["resume"], kw["device"]) == (None, 50, False, None)
     # the identity KAE is an exact surrogate here: its numbers are the network's on the test split
     want = classification_metrics(net(test.x).argmax(1), test.y, 3)
     assert want["top1"] == 0.75  # not the 1.0 the training split would give
@@ -88,15 +90,26 @@ def test_fit_surrogates_reports_the_test_split(monkeypatch):
     assert set(block) == {"seeds", "test_top1", "test_macro", "agreement", "per_seed"}
 
 
-def test_fit_surrogates_passes_the_validation_pair(monkeypatch):
+def test_fit_surrogates_passes_the_validation_pair(monkeypatch, tmp_path):
     net = _network()
     train, test = _splits(net)
     calls = []
     monkeypatch.setattr(pipeline, "train_kae", _fake_train_kae(calls))
     pre, *_ = pipeline.fit_surrogates(
-        net, train, test, "0", "1", "yinyang", [1], val=test, q=2, progress=False
+        net,
+        train,
+        test,
+        "0",
+        "1",
+        "yinyang",
+        [1],
+        val=test,
+        q=2,
+        progress=False,
+        checkpoint_dir=str(tmp_path),
     )
     assert pre.q == 2
+    assert calls[0][3]["checkpoint"] == tmp_path / "kae-seed-1" and calls[0][3]["progress"] is False
     val_i, val_j = calls[0][3]["val"]
     with torch.no_grad():
         assert torch.equal(val_i, pre.transform_i(net[0](test.x)))
