@@ -374,6 +374,8 @@ def test_check_steps_bounds_and_messages():
     msg = r"^steps must be finite numbers in \[0, k\] = \[0, 4\], got \[4\.5\]$"
     with pytest.raises(InputError, match=msg):
         check_steps([0, 4.5], 4)
+    with pytest.raises(InputError, match=r"got \[5\.0, 6\.0, 7\.0, 8\.0, 9\.0\]$"):
+        check_steps([5, 6, 7, 8, 9, 10], 4)  # the first five bad ones
     with pytest.raises(InputError, match=r"got \[-0\.5\]"):
         check_steps([-0.5, 1], 4)
     with pytest.raises(InputError, match="got \\[nan\\]"):
@@ -398,8 +400,25 @@ def test_fractional_operator_power_known_answers():
     assert torch.equal(fractional_operator_power(K, 7, 7), K)
     assert fractional_operator_power(K.float(), 3, 7).dtype == torch.float32
     # a reflection has no real square root
-    with pytest.raises(InputError, match=r"has no real 0\.5-th power"):
+    msg = (
+        r"^the operator has no real 0\.5-th power \(imaginary part 1\): its intermediate steps are not "
+        r"available$"
+    )
+    with pytest.raises(InputError, match=msg):
         fractional_operator_power(torch.diag(torch.tensor([-1.0, 1.0])), 1, 2)
+    # the imaginary part is judged relative to max(1, largest real entry), with tol 1e-6
+    big = torch.diag(torch.tensor([-1e-10, 1e4], dtype=torch.float64))  # root: 1e-5 i next to 100
+    assert torch.allclose(
+        fractional_operator_power(big, 1, 2), torch.diag(torch.tensor([0.0, 100.0])).double()
+    )
+    small = torch.diag(torch.tensor([-(1.5e-6**2), 1.0], dtype=torch.float64))  # 1.5e-6 i next to 1
+    with pytest.raises(InputError, match=r"imaginary part 1\.5e-06"):
+        fractional_operator_power(small, 1, 2)
+    # a real root with tol 0 is accepted (only a non-zero imaginary part is refused)
+    sq = fractional_operator_power(torch.diag(torch.tensor([4.0, 9.0], dtype=torch.float64)), 1, 2, tol=0.0)
+    assert torch.allclose(sq, torch.diag(torch.tensor([2.0, 3.0], dtype=torch.float64)), atol=1e-14)
+    assert fractional_operator_power(K, 0, 7).dtype == torch.float64
+    assert torch.equal(fractional_operator_power(K, 1, 1), K)  # one step is allowed
     # a tiny imaginary part (below tol) is dropped; a rotation by pi/2 has the real root rotation pi/4
     c = 2**-0.5
     rot = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
