@@ -252,3 +252,25 @@ def test_pair_q_config_state_and_messages():
         PairPreprocessor().fit(bad_i, x_j)
     with pytest.raises(InputError, match=r"x_j must have shape \(n_samples, n_features\)"):
         PairPreprocessor().fit(x_i, x_j[:, 0])
+
+
+def test_to_device_copies_or_returns_itself():
+    x_i, x_j = _data(di=3, dj=5)
+    pre = PairPreprocessor(q=4).fit(x_i, x_j)
+    assert pre.to("cpu") is pre and pre.scaler_i_.to(torch.device("cpu")) is pre.scaler_i_
+    moved = pre.to("meta")  # another device without a GPU: a copy, the original stays put
+    assert moved is not pre and pre.rotation_.device.type == "cpu"
+    assert moved.q == 4 and moved.dim_ == pre.dim_ == 4
+    assert moved.rotation_.device.type == "meta" and moved.rotation_.shape == pre.rotation_.shape
+    for new, old in ((moved.scaler_i_, pre.scaler_i_), (moved.scaler_j_, pre.scaler_j_)):
+        assert new is not old and new.q == old.q
+        assert new.mean_.device.type == "meta" and new.components_.device.type == "meta"
+        assert new.mean_.shape == old.mean_.shape and new.components_.shape == old.components_.shape
+        assert new.scale_ == old.scale_ and new.n_features_in_ == old.n_features_in_
+        assert old.mean_.device.type == "cpu"
+    with pytest.raises(InputError, match=r"^this LayerScaler is not fitted yet; call fit first$"):
+        LayerScaler().to("cpu")
+    with pytest.raises(InputError, match=r"^this LayerScaler is not fitted yet; call fit first$"):
+        LayerScaler().transform(x_i)
+    with pytest.raises(InputError, match=r"^this PairPreprocessor is not fitted yet; call fit first$"):
+        PairPreprocessor().to("cpu")
