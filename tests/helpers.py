@@ -34,3 +34,23 @@ def missing_prerequisite(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} (CI=true: a missing prerequisite fails the test instead of skipping it)")
     pytest.skip(reason)
+
+
+def identity_kae(dim: int, k: int = 4):
+    """A :class:`KoopmanAE` whose encoder and decoder are exactly the identity (LeakyReLU(a) pairs
+    with ``x = (leaky(x) - leaky(-x)) / (1 + a)``) and whose generator is 0: psi(exp(G) phi(z)) = z.
+    No training, so surrogate tests built on it are fast and have exact answers."""
+    import torch
+
+    from koopmanlens.kae import KoopmanAE
+
+    kae = KoopmanAE(dim, 2 * dim, dim, k=k).double()
+    eye = torch.eye(dim, dtype=torch.float64)
+    slope = kae.encoder[1].negative_slope
+    with torch.no_grad():
+        for net in (kae.encoder, kae.decoder):
+            net[0].weight.copy_(torch.cat([eye, -eye]))
+            net[0].bias.zero_()
+            net[2].weight.copy_(torch.cat([eye, -eye], 1) / (1 + slope))
+            net[2].bias.zero_()
+    return kae.float().eval()

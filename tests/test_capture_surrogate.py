@@ -101,8 +101,14 @@ def test_surrogate_evaluate_and_hooks(tiny_surrogate, yy_small):
     sur = tiny_surrogate
     ev = sur.evaluate(test)
     assert set(ev) >= {"top1", "macro", "per_class", "agreement"}
-    assert 0 <= ev["top1"] <= 1 and len(ev["per_class"]) == 3
-    assert ev["agreement"] > 0.7
+    # exact: the spliced network's predictions scored against the labels and the original network
+    pred = sur.predict(test.x)
+    original = predict_logits(sur.network, test.x).argmax(1)
+    assert ev["top1"] == float((pred == test.y).double().mean())
+    assert ev["agreement"] == float((pred == original).double().mean())
+    assert ev["per_class"] == [float((pred[test.y == c] == c).double().mean()) for c in range(3)]
+    assert ev["macro"] == pytest.approx(sum(ev["per_class"]) / 3, abs=1e-15)
+    assert ev["agreement"] > 0.7  # and the surrogate is a good one
     assert _no_hooks(sur.network)
     # the splice really replaces layer j: logits equal head(inverse prediction)
     x_i = sur.representations(test.x)["input"]

@@ -123,3 +123,116 @@ def test_beta0_tight_clusters_far_apart_uses_exact_distances():
     _, lengths = T.mst_edges(pts)
     heights = np.sort(linkage(pdist(pts), method="single")[:, 2])
     assert np.allclose(lengths, heights, rtol=1e-9)
+
+
+LINE = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [7.0, 0.0]])  # MST lengths 1, 2, 4
+
+
+def test_distances_mst_and_beta0_known_answers():
+    d = T.pairwise_sq_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]], dtype=torch.float64))
+    assert d.tolist() == [[0.0, 25.0, 1.0], [25.0, 0.0, 20.0], [1.0, 20.0, 0.0]]
+    edges, lengths = T.mst_edges(LINE[[2, 0, 3, 1]])  # shuffled: rows 0..3 are 3, 0, 7, 1
+    assert lengths.tolist() == [1.0, 2.0, 4.0]
+    assert [sorted(e) for e in edges.tolist()] == [[1, 3], [0, 3], [0, 2]]
+    assert edges.dtype == np.int64 and lengths.dtype == np.float64
+    eps = [0.0, 0.99, 1.0, 1.5, 2.0, 3.9, 4.0, 10.0]
+    assert T.betti0_from_mst(np.array([4.0, 1.0, 2.0]), 4, eps).tolist() == [4, 4, 3, 3, 2, 2, 1, 1]
+    assert T.betti_curve(LINE, eps, maxdim=0).tolist() == [[4, 4, 3, 3, 2, 2, 1, 1]]
+    assert [T.betti0(LINE, e) for e in (0.5, 1.0, 2.0, 4.0)] == [4, 3, 2, 1]
+    assert T.betti0(np.array([[0, 0], [0, 5]]), 5.0) == 1  # integer coordinates
+
+
+def test_count_bars_half_open_interval():
+    dgm = np.array([[0.0, 1.0], [0.5, np.inf], [2.0, 3.0]])
+    eps = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    assert T.count_bars(dgm, eps).tolist() == [1, 2, 1, 2, 1]  # birth <= eps < death
+    assert T.count_bars(np.zeros((0, 2)), eps).tolist() == [0, 0, 0, 0, 0]
+
+
+def test_suggest_eps_and_grid_known_answers():
+    assert T.suggest_eps(LINE) == 2.0
+    assert T.suggest_eps(LINE, quantile=0.0) == 1.0
+    assert T.suggest_eps(LINE, quantile=1.0) == 4.0
+    for q in (-0.1, 1.1):
+        with pytest.raises(InputError, match=r"quantile must be in \[0, 1\], got"):
+            T.suggest_eps(LINE, quantile=q)
+    # pairwise distances 1, 2, 3, 4, 6, 7: median 3.5 < longest MST edge 4; 0.9-quantile 6.5
+    assert T.suggest_eps_grid(LINE, n=5).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert T.suggest_eps_grid(LINE, n=3, quantile=0.9).tolist() == [0.0, 3.25, 6.5]
+    # the subsample (2 of 4 points) only enters through the pairwise quantile
+    sub = T.suggest_eps_grid(LINE, n=2, quantile=1.0, max_points=2, seed=0)
+    pts = T._subsample(torch.from_numpy(LINE), 2, 0)
+    assert sub.tolist() == [0.0, max(4.0, float(torch.pdist(pts).max()))]
+    with pytest.raises(InputError, match="an eps grid needs at least 2 points"):
+        T.suggest_eps_grid(LINE, n=1)
+
+
+def test_subsample_is_seeded_and_bounded():
+    pts = torch.arange(20.0).reshape(10, 2)
+    assert T._subsample(pts, None, 0) is pts
+    assert T._subsample(pts, 10, 0) is pts
+    a, b = T._subsample(pts, 4, 3), T._subsample(pts, 4, 3)
+    assert torch.equal(a, b) and a.shape == (4, 2)
+    assert torch.equal(a, pts[torch.randperm(10, generator=torch.Generator().manual_seed(3))[:4]])
+    assert not torch.equal(a, T._subsample(pts, 4, 4))
+
+
+def test_betti_curve_subsamples_for_higher_homology():
+    pts = circle(n=200, noise=0.01)
+    grid = np.array([0.05, 0.2])
+    full = T.betti_curve(pts, grid, maxdim=1, max_points=None)
+    assert full.tolist() == [[int(T.betti0(pts, 0.05)), 1], [0, 1]]
+    # 40 of 200 points: neighbours about 0.16 apart, the loop not yet closed at eps 0.05
+    sub = T.betti_curve(pts, grid, maxdim=1, max_points=40, seed=1)
+    assert sub[0].tolist() == full[0].tolist()  # beta_0 always on every point
+    dg = T.persistence_diagrams(T._subsample(torch.from_numpy(pts), 40, 1), 1, thresh=0.2, max_points=None)
+    assert sub[1].tolist() == T.count_bars(dg[1], grid).tolist()
+    assert T.persistence_diagrams(pts, 1, max_points=40, seed=1)[0].shape == (40, 2)
+
+
+def test_float64_fallback_only_when_float32_cannot_resolve(monkeypatch):
+    calls = []
+    real = T.pairwise_sq_distances
+
+    def spy(p):
+        calls.append(p.dtype)
+        return real(p)
+
+    monkeypatch.setattr(T, "pairwise_sq_distances", spy)
+    grid = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0)), -1).reshape(-1, 2)
+    T.mst_edges(grid)  # every edge 1, norms up to 6.4: float32 is enough
+    assert calls == [torch.float32]
+    calls.clear()
+    rng = np.random.default_rng(4)
+    tight = np.concatenate([c + 1e-3 * rng.normal(size=(20, 6)) for c in 100.0 * rng.normal(size=(3, 6))])
+    T.mst_edges(tight)
+    assert calls == [torch.float32, torch.float64]
+    # the bound itself: 16 (sqrt(d) + 2) u R^2, u = 2^-24
+    c = torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    assert T._gram_error_bound(c) == pytest.approx(16 * (2 + 2) * 2.0**-24 * 9.0, rel=1e-12)
+    assert T.MST_RTOL == 1e-3
+
+
+def test_topology_messages():
+    with pytest.raises(InputError, match=r"at most 15 points"):
+        T.betti0(torch.zeros(2000, 2), 0.1, max_bytes=1000)  # 1000 bytes: 15^2 float32 entries
+    with pytest.raises(InputError, match=r"2000 points need a 0\.0 GiB distance matrix"):
+        T.betti0(torch.zeros(2000, 2), 0.1, max_bytes=1000)
+    with pytest.raises(InputError, match=r"must be a 2-D array \(n_points, n_dims\), got shape \(3,\)"):
+        T.betti0(np.zeros(3), 0.1)
+    with pytest.raises(InputError, match="give at least one eps"):
+        T.betti_curve(LINE, [])
+    with pytest.raises(InputError, match="betti_numbers takes one eps"):
+        T.betti_numbers(LINE, [0.1, 0.2])
+    with pytest.raises(InputError, match="maxdim must be >= 0, got -1"):
+        T.betti_curve(LINE, [0.1], maxdim=-1)
+    with pytest.raises(InputError, match="maxdim must be >= 0, got -1"):
+        T.persistence_diagrams(LINE, maxdim=-1)
+    with pytest.raises(InputError, match=r"maxdim 3 is too large for 4 points \(need maxdim < n - 1\)"):
+        T.persistence_diagrams(LINE, maxdim=3)
+    assert len(T.persistence_diagrams(LINE, maxdim=2)) == 3
+    assert T.betti_numbers(LINE, 1.0, maxdim=2) == [3, 0, 0]
+    with pytest.raises(InputError, match="numeric array"):
+        T.betti0("abc", 0.1)
+    with pytest.raises(InputError, match=r"eps must be finite and non-negative, got \[inf\]"):
+        T.betti0(LINE, float("inf"))

@@ -90,9 +90,11 @@ class LayerScaler:
         self.n_features_in_ = d
         return self
 
-    def _check(self, x: torch.Tensor, dim: int, what: str) -> None:
+    def _check(self, x: torch.Tensor, dim: int | None, what: str) -> None:
+        """``dim=None``: the fitted input width (read only once the scaler is known to be fitted)."""
         if not hasattr(self, "scale_"):
             raise InputError("this LayerScaler is not fitted yet; call fit first")
+        dim = self.n_features_in_ if dim is None else dim
         if x.shape[1] != dim:
             raise InputError(f"{what} has {x.shape[1]} features, expected {dim}")
 
@@ -101,7 +103,7 @@ class LayerScaler:
         t = torch.as_tensor(x)
         dtype = t.dtype if t.is_floating_point() else torch.float32
         x64 = _as_2d_float64(t, "the representation")
-        self._check(x64, self.n_features_in_, "the representation")
+        self._check(x64, None, "the representation")
         return (((x64 - self.mean_) @ self.components_) / self.scale_).to(dtype)
 
     def inverse_transform(self, z: torch.Tensor | np.ndarray) -> torch.Tensor:
