@@ -14,7 +14,7 @@ import torch
 
 from koopmanlens.errors import InputError, TrainingDivergedError
 from koopmanlens.io import tensor_digest
-from koopmanlens.kae.losses import isometry_loss, linear_loss, reconstruction_loss, state_loss
+from koopmanlens.kae.losses import REDUCTIONS, isometry_loss, linear_loss, reconstruction_loss, state_loss
 from koopmanlens.kae.model import KoopmanAE
 from koopmanlens.training import (
     PRECISIONS,
@@ -51,6 +51,14 @@ class KAEConfig:
     undone (weights and optimizer state return to the end of the previous epoch) and the learning
     rate is halved for the rest of training; after ``max_rollbacks`` such epochs training stops with
     :class:`TrainingDivergedError`. ``None`` turns the guard off.
+    ``loss_reduction``: ``"sample_sum"`` (default: squared norm per sample, averaged) or
+    ``"coordinate_mean"`` (the authors': also averaged over coordinates, i.e. the reconstruction and
+    state terms / q, the linear term / p; :mod:`koopmanlens.kae.losses` gives the exact factors and
+    :func:`~koopmanlens.kae.losses.equivalent_weights` the weights that make the two equal). Logged
+    training terms are in this reduction; the validation state loss (best-epoch choice) is always the
+    per-sample sum. ``generator_weight_decay``: decoupled weight decay on the generator G (the
+    authors' optimiser decays every parameter): ``False`` (default: none), ``True`` (``weight_decay``)
+    or a number >= 0. Encoder and decoder weights are decayed by ``weight_decay``; biases never.
     """
 
     hidden: int = 30
@@ -72,6 +80,8 @@ class KAEConfig:
     precision: str = "float32"
     spike_factor: float | None = 5.0
     max_rollbacks: int = 4
+    loss_reduction: str = "sample_sum"
+    generator_weight_decay: bool | float = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,6 +96,11 @@ class KAEConfig:
             raise InputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.spike_factor is not None and self.spike_factor <= 1:
             raise InputError(f"spike_factor must be > 1 or None, got {self.spike_factor}")
+        if self.loss_reduction not in REDUCTIONS:
+            raise InputError(f"loss_reduction must be one of {REDUCTIONS}, got {self.loss_reduction!r}")
+        g = self.generator_weight_decay
+        if not isinstance(g, bool | int | float) or (not isinstance(g, bool) and not 0 <= g < float("inf")):
+            raise InputError(f"generator_weight_decay must be True, False or a number >= 0, got {g!r}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise InputError("epochs >= 1, batch_size >= 2 and lr > 0 are required")
 
@@ -134,13 +149,17 @@ def kae_config(preset: str | KAEConfig, **overrides: object) -> KAEConfig:
 
 
 def trajectory_loss(
-    model: KoopmanAE, z_i: torch.Tensor, steps: list[int], targets: torch.Tensor
+    model: KoopmanAE,
+    z_i: torch.Tensor,
+    steps: list[int],
+    targets: torch.Tensor,
+    reduction: str = "sample_sum",
 ) -> torch.Tensor:
     """All-layer trajectory loss (paper section 5, first open question): the decoded state after
     ``steps[l]`` steps, psi(exp(s_l G / k) phi(x_i)), should be layer l's (aligned) representation
     ``targets[l]``; mean squared error averaged over the waypoints. ``targets``: (W, n, q)."""
     preds = [model.decoder(z_i @ model.operator(s).T) for s in steps]
-    return torch.stack([state_loss(t, p) for t, p in zip(targets, preds, strict=True)]).mean()
+    return torch.stack([state_loss(t, p, reduction) for t, p in zip(targets, preds, strict=True)]).mean()
 
 
 def kae_losses(
@@ -166,10 +185,11 @@ def kae_losses(
     with torch.autocast(dev, dtype=torch.bfloat16, enabled=mixed):
         dec = model.decoder(torch.cat([z, adv])).float()
     rec_i, rec_j, pred_j = dec[:n], dec[n : 2 * n], dec[2 * n :]
+    red = cfg.loss_reduction
     terms = {
-        "recon": reconstruction_loss(x_i, x_j, rec_i, rec_j),
-        "linear": linear_loss(z_i, z_j, op),
-        "state": state_loss(x_j, pred_j),
+        "recon": reconstruction_loss(x_i, x_j, rec_i, rec_j, red),
+        "linear": linear_loss(z_i, z_j, op, red),
+        "state": state_loss(x_j, pred_j, red),
     }
     if cfg.weights[3] > 0:
         terms["isometry"] = 0.5 * (
@@ -179,7 +199,7 @@ def kae_losses(
     else:
         terms["isometry"] = torch.zeros((), device=x_i.device)
     if waypoints is not None:
-        terms["trajectory"] = trajectory_loss(model, z_i, waypoints[0], waypoints[1])
+        terms["trajectory"] = trajectory_loss(model, z_i, waypoints[0], waypoints[1], red)
     else:
         terms["trajectory"] = torch.zeros((), device=x_i.device)
     return terms
@@ -214,8 +234,25 @@ def _check_pair(z_i: torch.Tensor, z_j: torch.Tensor, what: str) -> None:
 
 
 @torch.no_grad()
+def param_groups(model: KoopmanAE, cfg: KAEConfig) -> list[dict]:
+    """AdamW parameter groups: encoder and decoder weights decayed by ``cfg.weight_decay``, the
+    generator G by ``cfg.generator_weight_decay`` (``True``: ``weight_decay``; ``False``: 0), biases
+    not at all."""
+    g = cfg.generator_weight_decay
+    g_decay = (cfg.weight_decay if g else 0.0) if isinstance(g, bool) else float(g)
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if n.endswith("weight")]
+    rest = [p for n, p in named if not n.endswith("weight") and n != "generator"]
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": [model.generator], "weight_decay": g_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+
+
 def validation_state_loss(model: KoopmanAE, x_i: torch.Tensor, x_j: torch.Tensor) -> float:
-    """Mean squared state error on held-out pairs (eq. 5)."""
+    """Mean squared state error on held-out pairs (eq. 5), per-sample sum whatever the training
+    reduction, so that runs with either reduction are compared on one scale."""
     return float(state_loss(x_j, model(x_i)))
 
 
@@ -287,12 +324,7 @@ def train_kae(
                     x_i.shape[1], cfg.hidden, cfg.observables, cfg.k, expm_method=cfg.expm_method
                 )
             model.to(dev).train()
-            decay = [p for n_, p in model.named_parameters() if n_.endswith("weight")]
-            rest = [p for n_, p in model.named_parameters() if not n_.endswith("weight")]
-            opt = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                lr=cfg.lr,
-            )
+            opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
             gen = make_generator(seed + 1)
             xi, xj = x_i.to(dev), x_j.to(dev)
             wp_steps, wp_targets = (None, None)
