@@ -91,6 +91,15 @@ def test_reproduce_mnist_small(tmp_path, mnist_dir):
     assert m["subject"]["test_top1"] > 0.5
     run = kl.load_run(out)
     assert run.network.config_.width == 32
+    # the KAE's best epoch is chosen on the validation split (the last training images, 1200 // 11)
+    info = json.loads((out / "run.json").read_text())
+    assert info["validation"] == 5000 and info["experiment"]["data"]["n_val"] == 109
+    log = [json.loads(line) for line in (out / "kae" / "seed-0.log.jsonl").read_text().splitlines()]
+    val_losses = {r["epoch"]: r["val_state"] for r in log if "val_state" in r}
+    assert sorted(val_losses) == list(range(8))
+    best = m["kae"]["per_seed"][0]["best_epoch"]
+    assert best == min(val_losses, key=val_losses.__getitem__)
+    assert json.loads((out / "kae" / "seed-0.json").read_text())["best_epoch"] == best
 
 
 def test_reproduce_mnist_missing_data(tmp_path, monkeypatch):

@@ -120,7 +120,12 @@ def reproduce(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="MNIST folder (else $KOOPMANLENS_DATA, else ~/.cache/koopmanlens/mnist)."
     ),
-    subset: int | None = typer.Option(None, "--subset", help="MNIST: first N training images only."),
+    subset: int | None = typer.Option(
+        None,
+        "--subset",
+        help="MNIST: the first N training images only (and max(100, N // 11) validation, "
+        "max(100, N // 6) test images).",
+    ),
     width: int | None = typer.Option(None, "--width", help="MNIST: a narrower subject network."),
     epochs: int | None = typer.Option(None, "--epochs", help="MNIST: cap subject and KAE epochs."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write figures and report.html."),
