@@ -106,7 +106,7 @@ class KAEConfig:
 KAE_PRESETS: dict[str, KAEConfig] = {
     # Paper Tables 2-3 (Yin-Yang), with METHOD section 9's stable peak LR 1e-2 instead of 0.1.
     "yinyang-paper": KAEConfig(),
-    # Our Yin-Yang default, chosen on held-out agreement (README, "Choosing the defaults"): wider
+    # Our Yin-Yang default, re-chosen on validation agreement (docs/validation.md): wider
     # encoder/decoder (10 -> 64 -> 32), state loss weighted 10, pairwise isometry on 128 rows a batch.
     "yinyang": KAEConfig(hidden=64, observables=32, weights=(1.0, 1.0, 10.0, 1.0), isometry_rows=128),
     "mnist": KAEConfig(
