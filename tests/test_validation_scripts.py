@@ -119,3 +119,24 @@ def test_choose_edit_method_rule(bench):
     yy["methods_at_chosen_mta"]["emmet-kmeans"] = _cand("emmet-kmeans", None, 0.002, 0.8)
     mn["methods_at_chosen_mta"]["emmet-kmeans"] = _cand("emmet-kmeans", None, 0.009, 0.3)
     assert cem.choose({"yinyang": yy, "mnist": mn})["chosen"] == "memit"
+
+
+def test_defaults_are_the_ones_chosen_on_validation():
+    """The shipped defaults equal what the scripts chose (benchmarks/results/choose-*.json): a default
+    changed without re-running its script fails here."""
+    import inspect
+    import json
+
+    from koopmanlens import editing, pipeline
+
+    results = BENCH / "results"
+    yy = json.loads((results / "choose-yinyang.json").read_text())
+    mn = json.loads((results / "choose-mnist-edits.json").read_text())
+    method = json.loads((results / "choose-edit-method.json").read_text())
+    assert pipeline.YINYANG_PRESETS[0] == yy["chosen_preset"] == "default"
+    yy_mta = inspect.signature(pipeline.reproduce).parameters["edit_max_target_accuracy"].default
+    assert yy_mta == yy["chosen_max_target_accuracy"]["max_target_accuracy"]
+    assert mn["chosen_max_target_accuracy"]["max_target_accuracy"] == pipeline.MNIST_EDIT_MAX_TARGET_ACCURACY
+    assert method["chosen"] == editing.DEFAULT_METHOD
+    for r in (yy, mn):
+        assert r["test_split"].startswith("sealed")
