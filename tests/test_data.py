@@ -222,3 +222,15 @@ def test_mnist_subset_must_be_positive(subset, tmp_path):
     # rejected before any data is read: tmp_path holds no MNIST
     with pytest.raises(InputError, match=rf"--subset must be .*>= 1, got {subset}"):
         pipeline.mnist_settings("fast", tmp_path, subset=subset)
+
+
+def test_mnist_run_splits_rebuild_what_each_run_trained_on(mnist_dir):
+    from koopmanlens import pipeline
+
+    old = {"dataset": "mnist", "preset": "fast"}  # a run made before the validation split
+    train, test = pipeline.run_splits(old, mnist_dir)
+    assert len(train) == 60000 and len(test) == 10000
+    train, _ = pipeline.run_splits(old | {"validation": 5000}, mnist_dir)
+    assert len(train) == 55000 and train.split == "train"
+    train, test = pipeline.run_splits(old | {"validation": 5000, "subset": 1200}, mnist_dir)
+    assert (len(train), len(test)) == (1200, 200)
