@@ -61,12 +61,10 @@ def yinyang_setup() -> dict:
 def mnist_setup(data_dir: str | None) -> dict:
     """The ``fast`` preset of ``koopmanlens.pipeline.mnist_settings`` (copied here, so that the test
     split is never even loaded)."""
-    full = kdata.mnist("train", data_dir)
-    n_val = 5000
-    # validation = the last 5,000 MNIST training images, carved here by hand (fixed, not shuffled);
-    # the subject and the KAE see only the first 55,000. The test split is not loaded at all.
-    train = full.subset(slice(0, len(full) - n_val))
-    val = full.subset(slice(len(full) - n_val, len(full)))
+    # train = the first 55,000 official training images, validation = the last 5,000 (fixed, not
+    # shuffled; koopmanlens.data.mnist_io). The test split is not loaded at all.
+    train = kdata.mnist("train", data_dir)
+    val = kdata.mnist("validation", data_dir)
     subject = subject_config("mnist", epochs=6, batch_size=256)
     kae = kae_config("mnist", hidden=256, observables=160, epochs=50, weights=(1.0, 1.0, 10.0, 1e-3))
     return {"train": train, "val": val, "subject": subject, "kae": kae, "q": 128}

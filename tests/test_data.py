@@ -65,12 +65,59 @@ def test_mnist_shared_data(mnist_dir):
     assert test.x.shape == (10000, 784) and test.x.dtype == torch.float32
     assert test.class_counts() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert test.y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-    train_images, train_labels = mnist_mod.load_mnist("train", mnist_dir, download=False)
+    train_images, train_labels = mnist_mod.load_mnist("train-full", mnist_dir, download=False)
     assert train_images.shape == (60000, 28, 28)
     assert np.bincount(train_labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert train_labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     # normalisation: pixel 0 maps to -mean/std
     assert float(test.x.min()) == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
+
+
+def test_mnist_validation_is_the_last_5000_training_images(mnist_dir):
+    full_images, full_labels = mnist_mod.load_mnist("train-full", mnist_dir, download=False)
+    train_images, train_labels = mnist_mod.load_mnist("train", mnist_dir, download=False)
+    val_images, val_labels = mnist_mod.load_mnist("validation", mnist_dir, download=False)
+    assert train_images.shape == (55000, 28, 28) and val_images.shape == (5000, 28, 28)
+    assert np.array_equal(train_images, full_images[:55000])
+    assert np.array_equal(train_labels, full_labels[:55000])
+    assert np.array_equal(val_images, full_images[55000:])
+    assert np.array_equal(val_labels, full_labels[55000:])
+    assert val_labels[:10].tolist() == [1, 2, 8, 7, 4, 4, 0, 9, 3, 9]
+    assert np.bincount(val_labels).tolist() == [489, 530, 493, 509, 499, 458, 482, 563, 494, 483]
+    # disjoint as images, not only as rows: no validation image occurs among the training images
+    seen = {row.tobytes() for row in train_images}
+    assert not any(row.tobytes() in seen for row in val_images)
+    val = kl.data.mnist("validation", mnist_dir, download=False)
+    assert val.split == "validation" and torch.equal(val.y, torch.from_numpy(val_labels))
+
+
+def test_mnist_splits_subset_proportions(mnist_dir):
+    d = kl.data.mnist_splits(mnist_dir, subset=1200, download=False)
+    assert {k: len(v) for k, v in d.items()} == {"train": 1200, "validation": 109, "test": 200}
+    assert torch.equal(d["validation"].x, kl.data.mnist("validation", mnist_dir).x[:109])
+    small = kl.data.mnist_splits(mnist_dir, subset=50, test=False, download=False)
+    assert len(small["validation"]) == 100 and small["test"] is None
+    full = kl.data.mnist_splits(mnist_dir, validation=False, test=False, download=False)
+    assert len(full["train"]) == 60000 and full["validation"] is None
+
+
+def test_seal_refuses_the_test_split_by_name(mnist_dir):
+    with kl.data.seal():
+        with pytest.raises(InputError, match=r"Yin-Yang 'test' split is sealed"):
+            kl.data.yinyang("test", n=10)
+        with pytest.raises(InputError, match=r"MNIST 'test' split is sealed"):
+            kl.data.mnist("test", mnist_dir)
+        with pytest.raises(InputError, match="sealed"):
+            kl.data.mnist_splits(mnist_dir, subset=100)
+        with (
+            kl.data.seal("test", "validation"),
+            pytest.raises(InputError, match="'validation' split is sealed"),
+        ):
+            kl.data.yinyang("validation", n=10)
+        assert len(kl.data.yinyang("validation", n=10)) == 10  # the inner block restored it
+        with pytest.raises(InputError, match="sealed"):
+            kl.data.yinyang("test", n=10)  # the outer block still holds
+    assert len(kl.data.yinyang("test", n=10)) == 10
 
 
 def test_mnist_checksums_match_shared_sums(mnist_dir):
@@ -175,3 +222,15 @@ def test_mnist_subset_must_be_positive(subset, tmp_path):
     # rejected before any data is read: tmp_path holds no MNIST
     with pytest.raises(InputError, match=rf"--subset must be .*>= 1, got {subset}"):
         pipeline.mnist_settings("fast", tmp_path, subset=subset)
+
+
+def test_mnist_run_splits_rebuild_what_each_run_trained_on(mnist_dir):
+    from koopmanlens import pipeline
+
+    old = {"dataset": "mnist", "preset": "fast"}  # a run made before the validation split
+    train, test = pipeline.run_splits(old, mnist_dir)
+    assert len(train) == 60000 and len(test) == 10000
+    train, _ = pipeline.run_splits(old | {"validation": 5000}, mnist_dir)
+    assert len(train) == 55000 and train.split == "train"
+    train, test = pipeline.run_splits(old | {"validation": 5000, "subset": 1200}, mnist_dir)
+    assert (len(train), len(test)) == (1200, 200)

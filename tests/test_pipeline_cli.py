@@ -117,6 +117,15 @@ def test_reproduce_mnist_small(tmp_path, mnist_dir):
     assert m["subject"]["test_top1"] > 0.5
     run = kl.load_run(out)
     assert run.network.config_.width == 32
+    # the KAE's best epoch is chosen on the validation split (the last training images, 1200 // 11)
+    info = json.loads((out / "run.json").read_text())
+    assert info["validation"] == 5000 and info["experiment"]["data"]["n_val"] == 109
+    log = [json.loads(line) for line in (out / "kae" / "seed-0.log.jsonl").read_text().splitlines()]
+    val_losses = {r["epoch"]: r["val_state"] for r in log if "val_state" in r}
+    assert sorted(val_losses) == list(range(8))
+    best = m["kae"]["per_seed"][0]["best_epoch"]
+    assert best == min(val_losses, key=val_losses.__getitem__)
+    assert json.loads((out / "kae" / "seed-0.json").read_text())["best_epoch"] == best
 
 
 def test_reproduce_mnist_missing_data(tmp_path, monkeypatch):
@@ -181,6 +190,21 @@ def test_cli_edit_method_options(run_copy):
         res = runner.invoke(app, ["edit", str(run_copy), "--forget", "0", *bad])
         assert res.exit_code == 2, res.output
         assert _has(needle, res.output), res.output
+
+
+def test_cli_edit_default_threshold_is_the_runs_own(run_copy):
+    """`edit` without --max-target-accuracy uses the threshold the run was made with (chosen on
+    validation per dataset: MNIST 0.005, Yin-Yang 0.01), not one number for every dataset."""
+    info = json.loads((run_copy / "run.json").read_text())
+    assert info["experiment"]["edit_max_target_accuracy"] == 0.01
+    info["experiment"]["edit_max_target_accuracy"] = 0.25
+    (run_copy / "run.json").write_text(json.dumps(info))
+    res = runner.invoke(app, ["edit", str(run_copy), "--forget", "0", "--into", "1"])
+    assert res.exit_code == 0, res.output
+    assert [e["params"]["max_target_accuracy"] for e in _saved_edits(run_copy, 0)] == [0.25, 0.25]
+    res = runner.invoke(app, ["edit", str(run_copy), "--forget", "2", "--max-target-accuracy", "0.03"])
+    assert res.exit_code == 0, res.output
+    assert [e["params"]["max_target_accuracy"] for e in _saved_edits(run_copy, 2)] == [0.03, 0.03]
 
 
 def test_cli_spectrum_writes_the_plot_it_names(run_copy):

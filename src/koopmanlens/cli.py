@@ -120,7 +120,12 @@ def reproduce(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="MNIST folder (else $KOOPMANLENS_DATA, else ~/.cache/koopmanlens/mnist)."
     ),
-    subset: int | None = typer.Option(None, "--subset", help="MNIST: first N training images only."),
+    subset: int | None = typer.Option(
+        None,
+        "--subset",
+        help="MNIST: the first N training images only (and max(100, N // 11) validation, "
+        "max(100, N // 6) test images).",
+    ),
     width: int | None = typer.Option(None, "--width", help="MNIST: a narrower subject network."),
     epochs: int | None = typer.Option(None, "--epochs", help="MNIST: cap subject and KAE epochs."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write figures and report.html."),
@@ -210,8 +215,11 @@ def edit(
     forget: int = typer.Option(..., "--forget", help="The class to unlearn."),
     into: int | None = typer.Option(None, "--into", help="Send it to this class (default: nearest)."),
     method: EditMethod = typer.Option(EditMethod.memit, "--method", help="How to solve for the edit."),
-    max_target_accuracy: float = typer.Option(
-        0.01, "--max-target-accuracy", help="memit: largest lam leaving at most this on the training class."
+    max_target_accuracy: float | None = typer.Option(
+        None,
+        "--max-target-accuracy",
+        help="memit: largest lam leaving at most this on the training class "
+        "(default: the run's own, chosen on validation: Yin-Yang 0.01, MNIST 0.005).",
     ),
     n_keys: int | None = typer.Option(
         None, "--n-keys", help="emmet-kmeans: key centroids (default max(1, p // (2 classes)))."
@@ -236,6 +244,8 @@ def edit(
     try:
         with open_run_for_update(run_dir, "edit"), progress_bar(progress) as bar:
             run, train, test = _load(run_dir, data_dir)
+            if max_target_accuracy is None:
+                max_target_accuracy = (run.info.get("experiment") or {}).get("edit_max_target_accuracy", 0.01)
             task = bar.add_task("edit seeds", total=len(run.seeds), info="")
             results = []
             for seed in run.seeds:

@@ -300,6 +300,8 @@ def unlearn_class(
     if method == "memit":
         V_E = centroids[into][:, None].expand(-1, K_E.shape[1])
         tune = (max_target_accuracy, tune_samples, seed)
+        if lam == "auto":
+            params["max_target_accuracy"] = max_target_accuracy
         W_new, diag, params["lam"] = _memit_edit(
             surrogate, train, forget, W, K_E, V_E, K_0, lam, ridges, tune
         )

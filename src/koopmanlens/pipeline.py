@@ -493,12 +493,13 @@ def compute_views(
 YINYANG_PRESETS = ("default", "paper")
 
 
-def yinyang_settings(quick: bool = False, preset: str = "default") -> dict:
+def yinyang_settings(quick: bool = False, preset: str = "default", test: bool = True) -> dict:
     """Data, subject and KAE settings of ``reproduce yinyang``.
 
     ``preset="default"`` uses our measured KAE defaults (``kae_config("yinyang")``), ``"paper"`` the
     paper's KAE architecture (``kae_config("yinyang-paper")``). ``quick`` shrinks everything to a
-    smoke test of a few seconds.
+    smoke test of a few seconds. ``test=False`` leaves the test split unmade (``"test": None``), for
+    the scripts that choose defaults on validation (docs/validation.md).
     """
     if preset not in YINYANG_PRESETS:
         raise InputError(f"unknown Yin-Yang preset {preset!r}; choose one of {list(YINYANG_PRESETS)}")
@@ -507,14 +508,14 @@ def yinyang_settings(quick: bool = False, preset: str = "default") -> dict:
         return {
             "train": kdata.yinyang("train", n=1000),
             "val": kdata.yinyang("validation", n=200),
-            "test": kdata.yinyang("test", n=1000),
+            "test": kdata.yinyang("test", n=1000) if test else None,
             "subject": subject_config("yinyang", epochs=40),
             "kae": kae_config(kae_name, epochs=60, batch_size=256),
         }
     return {
         "train": kdata.yinyang("train"),
         "val": kdata.yinyang("validation"),
-        "test": kdata.yinyang("test"),
+        "test": kdata.yinyang("test") if test else None,
         "subject": subject_config("yinyang"),
         "kae": kae_config(kae_name),
     }
@@ -527,8 +528,12 @@ def run_splits(info: dict, data_dir: str | Path | None = None) -> tuple[Dataset,
         s = yinyang_settings(bool(info.get("quick")), info.get("preset", "default"))
         return s["train"], s["test"]
     if dataset == "mnist":
+        # runs made before the validation split (no "validation" key) trained on all 60,000 images
         s = mnist_settings(
-            info.get("preset", "paper"), data_dir or info.get("data_dir"), subset=info.get("subset")
+            info.get("preset", "paper"),
+            data_dir or info.get("data_dir"),
+            subset=info.get("subset"),
+            full_train=not info.get("validation"),
         )
         return s["train"], s["test"]
     raise InputError(f"runs of dataset {dataset!r} cannot rebuild their data; use the Python API")
@@ -569,6 +574,9 @@ def reproduce_yinyang(
 
 
 MNIST_PRESETS = ("paper", "fast")
+#: ``max_target_accuracy`` of the MNIST edits, chosen on validation by
+#: ``benchmarks/choose_mnist_edits.py`` (docs/validation.md; was 0.002, chosen on the test split).
+MNIST_EDIT_MAX_TARGET_ACCURACY = 0.005
 
 
 def mnist_settings(
@@ -576,6 +584,8 @@ def mnist_settings(
     data_dir: str | Path | None = None,
     subset: int | None = None,
     width: int | None = None,
+    test: bool = True,
+    full_train: bool = False,
 ) -> dict:
     """Data, subject and KAE settings of ``reproduce mnist``.
 
@@ -583,8 +593,12 @@ def mnist_settings(
     100 epochs). ``fast``: a CPU preset: the subject for 6 epochs at batch 256, then every layer
     projected to its top q = 128 principal axes and a KAE 128 -> 256 -> 160 for 50 epochs with the
     state loss weighted 10 (as our Yin-Yang default).
-    ``subset`` keeps the first N training and N // 6 test images; ``width`` narrows the subject
-    (both for smoke tests).
+    Data (:func:`koopmanlens.data.mnist_splits`): ``train`` the first 55,000 official training
+    images, ``val`` the last 5,000 (the KAE's best epoch is chosen on it), ``test`` the official
+    10,000. ``subset`` N keeps the first N training, max(100, N // 11) validation and
+    max(100, N // 6) test images; ``width`` narrows the subject (both for smoke tests).
+    ``test=False`` leaves the test split unread (``"test": None``); ``full_train`` trains on all
+    60,000 official training images without validation (how runs were made before the split).
     """
     if preset not in MNIST_PRESETS:
         raise InputError(f"unknown MNIST preset {preset!r}; choose one of {list(MNIST_PRESETS)}")
@@ -592,23 +606,22 @@ def mnist_settings(
         raise InputError(f"--subset must be a whole number of training images >= 1, got {subset!r}")
     if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
         raise InputError(f"--width must be a whole number >= 1, got {width!r}")
-    train = kdata.mnist("train", data_dir)
-    test = kdata.mnist("test", data_dir)
-    if subset is not None:
-        train = train.subset(slice(0, subset))
-        test = test.subset(slice(0, max(100, subset // 6)))
+    d = kdata.mnist_splits(data_dir, subset, test=test, validation=not full_train)
+    train, val, test_set = d["train"], d["validation"], d["test"]
     over = {} if width is None else {"width": width}
     if preset == "paper":
         return {
             "train": train,
-            "test": test,
+            "val": val,
+            "test": test_set,
             "q": None,
             "subject": subject_config("mnist", **over),
             "kae": kae_config("mnist"),
         }
     return {
         "train": train,
-        "test": test,
+        "val": val,
+        "test": test_set,
         "q": 128,
         "subject": subject_config("mnist", epochs=6, batch_size=256, **over),
         "kae": kae_config("mnist", hidden=256, observables=160, epochs=50, weights=(1.0, 1.0, 10.0, 1e-3)),
@@ -641,7 +654,7 @@ def reproduce_mnist(
     return reproduce(
         "mnist",
         s["train"],
-        None,
+        s["val"],
         s["test"],
         subj,
         kae,
@@ -656,9 +669,10 @@ def reproduce_mnist(
             "subset": subset,
             "width": width,
             "data_dir": None if data_dir is None else str(data_dir),
+            "validation": kdata.VALIDATION_SIZE,
         },
         edit_classes=(1, 4, 7),
-        edit_max_target_accuracy=0.002,
+        edit_max_target_accuracy=MNIST_EDIT_MAX_TARGET_ACCURACY,
         resume=resume,
         checkpoint_every=checkpoint_every,
         report=report,

@@ -1,5 +1,9 @@
 """MNIST from the four standard IDX files, verified by checksum (METHOD section 1).
 
+Splits (docs/validation.md): ``"train"`` is the first 55,000 images of the official training file,
+``"validation"`` its last 5,000 (:data:`VALIDATION_SIZE`; fixed, never shuffled), ``"train-full"``
+all 60,000 official training images, ``"test"`` the 10,000 official test images.
+
 Folder resolution: the ``data_dir`` argument, else ``$KOOPMANLENS_DATA``, else
 ``~/.cache/koopmanlens/mnist``. Files may be raw or gzip-compressed. The sha256 of the uncompressed
 bytes is checked against the official sums. Missing files are downloaded (with a progress bar) into
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 
 from koopmanlens.data.base import Dataset
+from koopmanlens.data.seal import check_unsealed
 from koopmanlens.errors import ArtifactError, InputError
 
 MEAN = 0.1307
@@ -35,9 +40,16 @@ MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
-_SPLIT_STEMS = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+_TRAIN_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+_TEST_STEMS = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+#: Images at the end of the official training file held out as the validation split.
+VALIDATION_SIZE = 5000
+#: split name -> (IDX file pair, rows of that file).
+MNIST_SPLITS: dict[str, tuple[tuple[str, str], slice]] = {
+    "train": (_TRAIN_STEMS, slice(0, -VALIDATION_SIZE)),
+    "validation": (_TRAIN_STEMS, slice(-VALIDATION_SIZE, None)),
+    "train-full": (_TRAIN_STEMS, slice(None)),
+    "test": (_TEST_STEMS, slice(None)),
 }
 
 
@@ -121,14 +133,18 @@ def load_mnist(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw MNIST: uint8 images (n, 28, 28) and int64 labels (n,), checksum-verified.
 
+    ``split``: ``"train"`` (the first 55,000 official training images), ``"validation"`` (the last
+    5,000), ``"train-full"`` (all 60,000) or ``"test"`` (the 10,000 official test images).
+
     Raises:
         ArtifactError: a file is missing (and cannot be downloaded), truncated, has a wrong magic
             number, fails its checksum, or images and labels disagree in count.
     """
-    if split not in _SPLIT_STEMS:
-        raise InputError(f"unknown MNIST split {split!r}; choose 'train' or 'test'")
+    if split not in MNIST_SPLITS:
+        raise InputError(f"unknown MNIST split {split!r}; choose one of {list(MNIST_SPLITS)}")
+    check_unsealed("MNIST", split)
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    stems = _SPLIT_STEMS[split]
+    stems, rows = MNIST_SPLITS[split]
     missing = [s for s in MNIST_FILES if _find(folder, s) is None]
     if missing and (set(missing) & set(stems)):
         if not download:
@@ -152,14 +168,49 @@ def load_mnist(
     images, labels = arrays
     if images.shape[0] != labels.shape[0]:
         raise ArtifactError(f"MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels")
-    return images, labels.astype(np.int64)
+    return images[rows], labels[rows].astype(np.int64)
 
 
 def mnist(split: str = "train", data_dir: str | Path | None = None, download: bool = True) -> Dataset:
-    """MNIST as a :class:`Dataset`: pixels / 255, normalised by (0.1307, 0.3081), flattened to 784."""
+    """MNIST as a :class:`Dataset`: pixels / 255, normalised by (0.1307, 0.3081), flattened to 784.
+
+    ``split`` as in :func:`load_mnist`: ``"train"`` is the first 55,000 official training images,
+    ``"validation"`` the last 5,000, ``"train-full"`` all 60,000, ``"test"`` the official test set.
+    """
     images, labels = load_mnist(split, data_dir, download=download)
+    return _dataset(images, labels, split)
+
+
+def _dataset(images: np.ndarray, labels: np.ndarray, split: str) -> Dataset:
     x = (torch.from_numpy(images.reshape(len(images), -1).astype(np.float32)) / 255.0 - MEAN) / STD
     return Dataset(x, torch.from_numpy(labels), "mnist", split, tuple(str(c) for c in range(10)))
+
+
+def mnist_splits(
+    data_dir: str | Path | None = None,
+    subset: int | None = None,
+    test: bool = True,
+    validation: bool = True,
+    download: bool = True,
+) -> dict[str, Dataset | None]:
+    """``{"train", "validation", "test"}`` as used by ``reproduce mnist``, reading the training file once.
+
+    ``subset`` N keeps the first N training images, the first max(100, N // 11) validation images
+    (11 = 55,000 / 5,000, the proportion of the full splits) and the first max(100, N // 6) test
+    images. ``test=False`` leaves the test split unread (``None``); ``validation=False`` makes
+    ``"train"`` all 60,000 official training images and ``"validation"`` ``None``.
+    """
+    images, labels = load_mnist("train-full", data_dir, download=download)
+    names = ("train", "validation") if validation else ("train-full",)
+    out: dict[str, Dataset | None] = {"train": None, "validation": None}
+    for name in names:
+        rows = MNIST_SPLITS[name][1]
+        out["train" if name == "train-full" else name] = _dataset(images[rows], labels[rows], name)
+    out["test"] = mnist("test", data_dir, download=download) if test else None
+    if subset is not None:
+        keep = {"train": subset, "validation": max(100, subset // 11), "test": max(100, subset // 6)}
+        out = {k: None if d is None else d.subset(slice(0, keep[k])) for k, d in out.items()}
+    return out
 
 
 def copy_mnist(src: str | Path, dst: str | Path) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from koopmanlens.data.base import Dataset
+from koopmanlens.data.seal import check_unsealed
 from koopmanlens.errors import InputError
 
 R_SMALL = 0.1
@@ -79,6 +80,7 @@ def yinyang(
     """
     if split not in YINYANG_SPLITS:
         raise InputError(f"unknown Yin-Yang split {split!r}; choose one of {sorted(YINYANG_SPLITS)}")
+    check_unsealed("Yin-Yang", split)
     n_default, seed_default = YINYANG_SPLITS[split]
     x, y = make_yinyang(n or n_default, seed_default if seed is None else seed, features)
     return Dataset(torch.from_numpy(x), torch.from_numpy(y), "yinyang", split, CLASS_NAMES)

@@ -121,7 +121,7 @@ class KAEConfig:
 KAE_PRESETS: dict[str, KAEConfig] = {
     # Paper Tables 2-3 (Yin-Yang), with METHOD section 9's stable peak LR 1e-2 instead of 0.1.
     "yinyang-paper": KAEConfig(),
-    # Our Yin-Yang default, chosen on held-out agreement (README, "Choosing the defaults"): wider
+    # Our Yin-Yang default, re-chosen on validation agreement (docs/validation.md): wider
     # encoder/decoder (10 -> 64 -> 32), state loss weighted 10, pairwise isometry on 128 rows a batch.
     "yinyang": KAEConfig(hidden=64, observables=32, weights=(1.0, 1.0, 10.0, 1.0), isometry_rows=128),
     "mnist": KAEConfig(
@@ -253,7 +253,8 @@ def param_groups(model: KoopmanAE, cfg: KAEConfig) -> list[dict]:
 def validation_state_loss(model: KoopmanAE, x_i: torch.Tensor, x_j: torch.Tensor) -> float:
     """Mean squared state error on held-out pairs (eq. 5), per-sample sum whatever the training
     reduction, so that runs with either reduction are compared on one scale."""
-    return float(state_loss(x_j, model(x_i)))
+    with torch.no_grad():
+        return float(state_loss(x_j, model(x_i)))
 
 
 def _identity(seed: int, cfg: KAEConfig, x_i, x_j, val, waypoints) -> dict:

@@ -1,0 +1,142 @@
+"""The scripts in benchmarks/ that choose defaults on validation data never read the test split, and
+their selection rules pick what they say (docs/validation.md)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+import koopmanlens as kl
+from koopmanlens.data import mnist_io, synthetic
+from koopmanlens.errors import InputError
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import a module of benchmarks/ by name."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module
+
+
+@pytest.fixture
+def splits_read(monkeypatch):
+    """Every (dataset, split) a loader is asked for, recorded without sealing anything."""
+    seen: list[tuple[str, str]] = []
+    for mod in (synthetic, mnist_io):
+
+        def spy(dataset, split, _orig=mod.check_unsealed):
+            seen.append((dataset, split))
+            _orig(dataset, split)
+
+        monkeypatch.setattr(mod, "check_unsealed", spy)
+    return seen
+
+
+def test_choose_yinyang_reads_train_and_validation_only(bench, splits_read):
+    r = bench("choose_yinyang").run(seeds=(0,), quick=True, kae_epochs=2)
+    assert {s for _, s in splits_read} == {"train", "validation"}
+    assert r["splits"] == {"train": 1000, "validation": 200}
+    assert r["chosen_preset"] in {"default", "paper"}
+    assert set(r["edit_grid"]) == {"memit@0", "memit@0.002", "memit@0.005", "memit@0.01", "memit@0.02"} | {
+        "emmet-kmeans",
+        "emmet",
+    }
+    assert set(r["methods_at_chosen_mta"]) == {"memit", "emmet-kmeans", "emmet"}
+
+
+def test_choose_mnist_edits_reads_train_and_validation_only(bench, splits_read, mnist_dir):
+    r = bench("choose_mnist_edits").run(mnist_dir, subset=600, width=16, epochs=2, classes=range(2))
+    assert splits_read == [("MNIST", "train-full")]  # carved into train and validation, no test
+    assert r["splits"] == {"train": 600, "validation": 100}
+    assert [row["forget"] for row in r["edit_grid"]["emmet-kmeans"]["per_class"]] == [0, 1]
+
+
+def test_run_sealed_fails_a_script_that_reads_the_test_split(bench, tmp_path):
+    run_sealed = bench("validation_edits").run_sealed
+    with pytest.raises(InputError, match="'test' split is sealed"):
+        run_sealed(lambda: {"n": len(kl.data.yinyang("test", n=10))}, tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+    r = run_sealed(lambda: {"n": len(kl.data.yinyang("validation", n=10))}, tmp_path / "y.json")
+    assert r["n"] == 10 and (tmp_path / "y.json").exists()
+
+
+def _cand(method, mta, worst_target, mean_drop):
+    return {
+        "method": method,
+        "max_target_accuracy": mta,
+        "worst_target_after": worst_target,
+        "mean_target_after": worst_target / 2,
+        "worst_others_drop_points": mean_drop,
+        "mean_others_drop_points": mean_drop,
+    }
+
+
+def test_choose_mta_takes_the_largest_value_meeting_both_bounds(bench):
+    ve = bench("validation_edits")
+    grid = {
+        "memit@0": _cand("memit", 0.0, 0.000, 0.9),
+        "memit@0.002": _cand("memit", 0.002, 0.004, 0.3),
+        "memit@0.005": _cand("memit", 0.005, 0.006, 0.1),  # target bound missed
+        "memit@0.01": _cand("memit", 0.01, 0.004, 0.6),  # drop bound missed
+        "emmet-kmeans": _cand("emmet-kmeans", None, 0.0, 0.0),  # not a memit candidate
+    }
+    assert ve.choose_mta(grid, 0.005, 0.5)["max_target_accuracy"] == 0.002
+    # none meets both: the lowest worst target, then the lowest drop
+    assert ve.choose_mta(grid, 0.001, 0.05) == {
+        "max_target_accuracy": 0.0,
+        "why": "no value met both bounds: lowest worst target",
+    }
+
+
+def test_choose_edit_method_rule(bench):
+    cem = bench("choose_edit_method")
+    bounds = {"max_target_after": 0.01, "max_mean_others_drop_points": 1.0}
+
+    def result(**methods):
+        return {"edit_bounds": bounds, "methods_at_chosen_mta": methods}
+
+    yy = result(
+        memit=_cand("memit", 0.01, 0.005, 0.8),
+        **{"emmet-kmeans": _cand("emmet-kmeans", None, 0.002, 0.2)},
+        emmet=_cand("emmet", None, 0.0, 45.0),
+    )
+    mn = result(
+        memit=_cand("memit", 0.002, 0.004, 0.3),
+        **{"emmet-kmeans": _cand("emmet-kmeans", None, 0.2, 0.1)},
+    )
+    out = cem.choose({"yinyang": yy, "mnist": mn})
+    assert out["chosen"] == "memit"
+    assert [out["per_method"][m]["qualifies_on"] for m in ("memit", "emmet-kmeans", "emmet")] == [2, 1, 0]
+    assert out["per_method"]["emmet"]["datasets"]["mnist"] is None
+    # both qualify everywhere: the lower mean drop wins (0.15 against 0.55 points) ...
+    mn["methods_at_chosen_mta"]["emmet-kmeans"] = _cand("emmet-kmeans", None, 0.009, 0.1)
+    assert cem.choose({"yinyang": yy, "mnist": mn})["chosen"] == "emmet-kmeans"
+    # ... and with equal drops, the lower worst target (0.45% against 0.55%)
+    yy["methods_at_chosen_mta"]["emmet-kmeans"] = _cand("emmet-kmeans", None, 0.002, 0.8)
+    mn["methods_at_chosen_mta"]["emmet-kmeans"] = _cand("emmet-kmeans", None, 0.009, 0.3)
+    assert cem.choose({"yinyang": yy, "mnist": mn})["chosen"] == "memit"
+
+
+def test_defaults_are_the_ones_chosen_on_validation():
+    """The shipped defaults equal what the scripts chose (benchmarks/results/choose-*.json): a default
+    changed without re-running its script fails here."""
+    import inspect
+    import json
+
+    from koopmanlens import editing, pipeline
+
+    results = BENCH / "results"
+    yy = json.loads((results / "choose-yinyang.json").read_text())
+    mn = json.loads((results / "choose-mnist-edits.json").read_text())
+    method = json.loads((results / "choose-edit-method.json").read_text())
+    assert pipeline.YINYANG_PRESETS[0] == yy["chosen_preset"] == "default"
+    yy_mta = inspect.signature(pipeline.reproduce).parameters["edit_max_target_accuracy"].default
+    assert yy_mta == yy["chosen_max_target_accuracy"]["max_target_accuracy"]
+    assert mn["chosen_max_target_accuracy"]["max_target_accuracy"] == pipeline.MNIST_EDIT_MAX_TARGET_ACCURACY
+    assert method["chosen"] == editing.DEFAULT_METHOD
+    for r in (yy, mn):
+        assert r["test_split"].startswith("sealed")
