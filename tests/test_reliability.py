@@ -34,11 +34,17 @@ def strip_timings(obj):
     return obj
 
 
-def _cli(out: Path, *extra: str, env: dict | None = None, wait: bool = True):
+def _cli(out: Path, *extra: str, pause: float | None = None, wait: bool = True):
+    """``reproduce yinyang --quick`` in a subprocess; ``pause``: seconds of sleep after every
+    checkpoint (tests/slow_cli.py), so that the run can be killed between two checkpoints."""
+    launcher = (
+        ["-m", "koopmanlens.cli"]
+        if pause is None
+        else [str(Path(__file__).with_name("slow_cli.py")), str(pause)]
+    )
     cmd = [
         sys.executable,
-        "-m",
-        "koopmanlens.cli",
+        *launcher,
         "reproduce",
         "yinyang",
         "--quick",
@@ -52,10 +58,9 @@ def _cli(out: Path, *extra: str, env: dict | None = None, wait: bool = True):
         "5",
         *extra,
     ]
-    full_env = {**os.environ, **(env or {})}
     if wait:
-        return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _metrics_text(out: Path) -> str:
@@ -83,7 +88,7 @@ def test_same_seed_same_metrics_bytes(reference_run, tmp_path):
 @pytest.mark.parametrize("stage", ["subject", "kae-seed-0"])
 def test_kill_and_resume_gives_identical_metrics(reference_run, tmp_path, stage):
     out = tmp_path / "killed"
-    proc = _cli(out, env={"KOOPMANLENS_EPOCH_DELAY": "0.03"}, wait=False)
+    proc = _cli(out, pause=0.5, wait=False)
     marker = out / "checkpoints" / f"{stage}.json"
     deadline = time.time() + 120
     while not marker.exists() and proc.poll() is None and time.time() < deadline:

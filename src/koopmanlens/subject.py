@@ -20,7 +20,6 @@ from koopmanlens.io import tensor_digest
 from koopmanlens.metrics import classification_metrics
 from koopmanlens.training import (
     check_finite_losses,
-    epoch_delay,
     load_checkpoint,
     make_generator,
     progress_bar,
@@ -205,7 +204,6 @@ def train_resmlp(
                     (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1
                 ):
                     save_checkpoint(checkpoint, model, opt, gen, epoch, step, identity=identity)
-                epoch_delay()
     model.eval()
     model.train_seconds_ = time.perf_counter() - start  # type: ignore[attr-defined]
     model.config_ = cfg  # type: ignore[attr-defined]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,12 +52,9 @@ def seeded(seed: int) -> Iterator[None]:
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` intra-op threads (``None``: leave as is), then restore.
 
-    METHOD section 9: small networks run many times faster and steadier on one thread.
-    ``$KOOPMANLENS_THREADS`` overrides ``n``.
+    METHOD section 9: small networks run many times faster and steadier on one thread. How to run,
+    not what to compute: no environment variable changes it.
     """
-    env = os.environ.get("KOOPMANLENS_THREADS")
-    if env:
-        n = int(env)
     if n is None:
         yield
         return
@@ -223,12 +219,3 @@ def load_checkpoint(
         raise ArtifactError(f"checkpoint {path} does not fit this model or is corrupt: {exc}") from exc
     extras = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return meta, extras
-
-
-def epoch_delay() -> None:
-    """Fault-injection aid for tests: sleep ``$KOOPMANLENS_EPOCH_DELAY`` seconds after each epoch."""
-    delay = os.environ.get("KOOPMANLENS_EPOCH_DELAY")
-    if delay:
-        import time
-
-        time.sleep(float(delay))

@@ -19,7 +19,6 @@ from koopmanlens.kae.model import KoopmanAE
 from koopmanlens.training import (
     PRECISIONS,
     check_finite_losses,
-    epoch_delay,
     load_checkpoint,
     make_generator,
     progress_bar,
@@ -446,7 +445,6 @@ def train_kae(
                         save(epoch)
                     if last_good is not None:
                         last_good = _snapshot(model, opt)
-                    epoch_delay()
             if best[1] is not None:
                 model.load_state_dict(best[1])
     finally:

@@ -1,0 +1,31 @@
+"""The koopmanlens CLI with a pause after every checkpoint, so that a test can kill a run between two
+checkpoints (tests/test_reliability.py). The pause lives here, in the tests, not in the library:
+no environment variable changes what the library does.
+
+    python tests/slow_cli.py SECONDS reproduce yinyang ...
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import koopmanlens.kae.trainer as kae_trainer
+import koopmanlens.subject as subject
+from koopmanlens.cli import app
+
+
+def _slowed(save):
+    def save_then_pause(*args, **kwargs):
+        save(*args, **kwargs)
+        time.sleep(PAUSE)
+
+    return save_then_pause
+
+
+if __name__ == "__main__":
+    PAUSE = float(sys.argv[1])
+    subject.save_checkpoint = _slowed(subject.save_checkpoint)
+    kae_trainer.save_checkpoint = _slowed(kae_trainer.save_checkpoint)
+    sys.argv = ["koopmanlens", *sys.argv[2:]]
+    app()
