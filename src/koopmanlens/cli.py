@@ -195,11 +195,26 @@ def show(run_dir: Path = typer.Argument(..., help="A run folder written by `repr
         _fail(KoopmanLensError(f"{run_dir}/metrics.json holds a value of the wrong type: {exc}"))
 
 
+def _user_network(run_dir: Path):
+    """A fresh instance of a spec run's own network (``None`` for the built-in ResMLP)."""
+    from koopmanlens.runs import read_run_info
+
+    info = read_run_info(run_dir)
+    spec = info.get("spec")
+    if not isinstance(spec, dict) or spec.get("network", {}).get("kind") != "factory":
+        return None
+    from koopmanlens.experiment import build_factory_network
+    from koopmanlens.spec import spec_from_dict
+
+    base = Path(info["spec_dir"]) if info.get("spec_dir") else None
+    return build_factory_network(spec_from_dict(spec, where=f"{run_dir / 'run.json'} spec"), base)
+
+
 def _load(run_dir: Path, data_dir: Path | None = None):
     from koopmanlens import pipeline
     from koopmanlens.runs import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, _user_network(run_dir))
     train, test = pipeline.run_splits(run.info, data_dir)
     return run, train, test
 
@@ -298,7 +313,7 @@ def topology(
             run, train, test = _load(run_dir, data_dir)
             block = pipeline.topology_block(
                 run.network,
-                run.network.layer_names(),
+                pipeline.representation_layers(run.network, run.surrogate()),
                 train,
                 test,
                 run.surrogate(),
@@ -407,6 +422,9 @@ def spectrum(
         f"written to {escape(str(run_dir / 'metrics.json'))} (key 'spectrum'); "
         f"plot: {escape(str(run_dir / 'figures' / 'spectrum.png'))}"
     )
+
+
+from koopmanlens import cli_spec  # noqa: E402,F401  (registers run, specs, spec, layers)
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ from koopmanlens.kae import KAEConfig, KoopmanAE, kae_config, train_kae
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.rundir import open_new_run
 from koopmanlens.runs import write_run_files
-from koopmanlens.subject import SubjectConfig, evaluate_classifier, subject_config, train_resmlp
+from koopmanlens.subject import SubjectConfig, evaluate_classifier, train_resmlp
 from koopmanlens.surrogate import Surrogate, aligned_layers
 from koopmanlens.topology_stage import topology_block
-from koopmanlens.training import progress_bar
+from koopmanlens.training import progress_bar, resolve_device
 
 
 def mean_sd(values: Sequence[float]) -> dict[str, float]:
@@ -139,6 +139,7 @@ def experiment_record(
     extra_info: dict | None,
     edit_classes: Sequence[int],
     edit_max_target_accuracy: float,
+    edit_method: str = editing.DEFAULT_METHOD,
 ) -> dict:
     """What a run computes, stored in ``run.json`` and compared on ``--resume``: the data (sizes and a
     digest of the training set), the subject and KAE configs, seeds, layers, edits."""
@@ -154,7 +155,7 @@ def experiment_record(
             "n_test": len(test),
             "train_sha256": tensor_digest(train.x, train.y),
         },
-        "subject": subject.to_dict(),
+        "subject": None if subject is None else subject.to_dict(),
         "subject_seed": subject_seed,
         "kae": kae.to_dict(),
         "q": q,
@@ -163,6 +164,7 @@ def experiment_record(
         "seeds": list(range(seeds)),
         "edit_classes": list(edit_classes),
         "edit_max_target_accuracy": edit_max_target_accuracy,
+        **({} if edit_method == editing.DEFAULT_METHOD else {"edit_method": edit_method}),
     }
 
 
@@ -171,7 +173,7 @@ def reproduce(
     train: Dataset,
     val: Dataset | None,
     test: Dataset,
-    subject: SubjectConfig,
+    subject: SubjectConfig | None,
     kae: KAEConfig,
     out: str | Path,
     seeds: int = 5,
@@ -189,8 +191,13 @@ def reproduce(
     resume: bool = False,
     checkpoint_every: int = 50,
     report: bool = True,
+    network: nn.Module | None = None,
+    edit_method: str = editing.DEFAULT_METHOD,
 ) -> dict:
     """Train the subject, fit ``seeds`` KAEs (seeds 0..N-1), evaluate on ``test``, save the run.
+
+    ``network``: a trained network to study instead of training a ResMLP from ``subject`` (which
+    is then ``None``).
 
     The run folder is held (:func:`koopmanlens.rundir.open_new_run`) from start to end: foreign
     files are refused, a second writer fails fast, and ``resume`` continues only the same experiment.
@@ -200,25 +207,30 @@ def reproduce(
         raise InputError(f"--seeds must be at least 1, got {seeds}")
     experiment = experiment_record(
         dataset, train, val, test, subject, kae, seeds, layer_i, layer_j, q, subject_seed,
-        extra_info, edit_classes, edit_max_target_accuracy,
+        extra_info, edit_classes, edit_max_target_accuracy, edit_method,
     )  # fmt: skip
+    if (network is None) == (subject is None):
+        raise InputError("reproduce needs either a subject config to train or a trained network")
     with open_new_run(out, experiment, overwrite=overwrite, resume=resume) as (out, run_id):
         ckdir = out / "checkpoints"
         t0 = time.perf_counter()
-        network = train_resmlp(
-            train,
-            subject,
-            seed=subject_seed,
-            device=device,
-            progress=progress,
-            checkpoint=ckdir / "subject",
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-        )
+        if network is None:
+            network = train_resmlp(
+                train,
+                subject,
+                seed=subject_seed,
+                device=device,
+                progress=progress,
+                checkpoint=ckdir / "subject",
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            )
+        else:
+            network = network.to(resolve_device(device)).eval()
         # the network stays on ``device``: capture, evaluation, the spliced surrogate and the edits
         # run there; it returns to the CPU before the views and the artifacts are written
         t_subject = time.perf_counter() - t0
-        layer_j = layer_j or network.layer_names()[-1]
+        layer_j = layer_j or _last_layer(network)
         t1 = time.perf_counter()
         pre, kaes, kae_block, kae_seconds = fit_surrogates(
             network,
@@ -244,7 +256,7 @@ def reproduce(
         surrogate = Surrogate(network, layer_i, layer_j, pre, kaes[min(kaes)])
         _analyses(
             metrics, network, surrogate, kaes, train, test, edit_classes, edit_max_target_accuracy,
-            topology, progress,
+            topology, progress, edit_method,
         )  # fmt: skip
         metrics["timing_s"]["total"] = time.perf_counter() - t0
         info = {
@@ -266,6 +278,21 @@ def reproduce(
 
             write_report(out, progress=progress)
     return metrics
+
+
+def _last_layer(network: nn.Module) -> str:
+    names = getattr(network, "layer_names", None)
+    if names is None:
+        raise InputError("layer_j is needed for a network without layer_names(); name one of its modules")
+    return names()[-1]
+
+
+def representation_layers(network: nn.Module, surrogate: Surrogate) -> list[str]:
+    """The layers the topology and the views walk along: ``network.layer_names()`` when the
+    network has it (the ResMLP), else the span's two ends."""
+    if hasattr(network, "layer_names"):
+        return list(network.layer_names())
+    return [surrogate.layer_i, surrogate.layer_j]
 
 
 def _base_metrics(
@@ -311,6 +338,7 @@ def _analyses(
     edit_max_target_accuracy: float,
     topology: bool,
     progress: bool = False,
+    edit_method: str = editing.DEFAULT_METHOD,
 ) -> None:
     """The editing and topology blocks of ``metrics`` (in place), with their timings."""
     if edit_classes:
@@ -324,6 +352,7 @@ def _analyses(
             train,
             test,
             edit_classes,
+            method=edit_method,
             progress=progress,
             max_target_accuracy=edit_max_target_accuracy,
         )
@@ -331,7 +360,7 @@ def _analyses(
     if topology:
         t3 = time.perf_counter()
         metrics["topology"] = topology_block(
-            network, network.layer_names(), train, test, surrogate, progress=progress
+            network, representation_layers(network, surrogate), train, test, surrogate, progress=progress
         )
         metrics["topology"]["kae_seed"] = min(kaes)
         metrics["timing_s"]["topology"] = time.perf_counter() - t3
@@ -448,18 +477,20 @@ def compute_views(
     surrogate.check_operator()
     g = torch.Generator().manual_seed(seed)
     sub = test.subset(torch.randperm(len(test), generator=g)[:n_points])
-    layers = (
-        network.layer_names() if hasattr(network, "layer_names") else [surrogate.layer_i, surrogate.layer_j]
-    )
+    layers = representation_layers(network, surrogate)
     aligned = aligned_layers(
         network, layers, train, sub, surrogate.preprocessor.q, seed=seed, reference=surrogate.preprocessor
     )
-    ref = aligned[layers[-1]].double()
-    mean = ref.mean(0)
-    basis = torch.linalg.svd(ref - mean, full_matrices=False).Vh[:3].T
     k = surrogate.kae.k
     steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
     states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps]).double()
+    # layers of different widths live in the last layer's space padded with zero coordinates
+    width = max(states.shape[-1], *(t.shape[1] for t in aligned.values()))
+    aligned = {n: torch.nn.functional.pad(t.double(), (0, width - t.shape[1])) for n, t in aligned.items()}
+    states = torch.nn.functional.pad(states, (0, width - states.shape[-1]))
+    ref = aligned[layers[-1]]
+    mean = ref.mean(0)
+    basis = torch.linalg.svd(ref - mean, full_matrices=False).Vh[:3].T
     views = {
         "labels": sub.y.clone(),
         "layers": torch.stack([(aligned[n].double() - mean) @ basis for n in layers]),
@@ -501,28 +532,28 @@ def yinyang_settings(quick: bool = False, preset: str = "default", test: bool = 
     smoke test of a few seconds. ``test=False`` leaves the test split unmade (``"test": None``), for
     the scripts that choose defaults on validation (docs/validation.md).
     """
+    from koopmanlens.experiment import build_data, kae_spec_config, subject_spec_config
+    from koopmanlens.spec import load_spec
+
     if preset not in YINYANG_PRESETS:
         raise InputError(f"unknown Yin-Yang preset {preset!r}; choose one of {list(YINYANG_PRESETS)}")
-    kae_name = "yinyang" if preset == "default" else "yinyang-paper"
-    if quick:
-        return {
-            "train": kdata.yinyang("train", n=1000),
-            "val": kdata.yinyang("validation", n=200),
-            "test": kdata.yinyang("test", n=1000) if test else None,
-            "subject": subject_config("yinyang", epochs=40),
-            "kae": kae_config(kae_name, epochs=60, batch_size=256),
-        }
-    return {
-        "train": kdata.yinyang("train"),
-        "val": kdata.yinyang("validation"),
-        "test": kdata.yinyang("test") if test else None,
-        "subject": subject_config("yinyang"),
-        "kae": kae_config(kae_name),
-    }
+    spec, _ = load_spec("yinyang-quick" if quick else "yinyang")
+    if preset == "paper":
+        spec = spec.replace(**{"kae.preset": "yinyang-paper"})
+    d = build_data(spec, test=test)
+    return {**d, "subject": subject_spec_config(spec), "kae": kae_spec_config(spec)}
 
 
 def run_splits(info: dict, data_dir: str | Path | None = None) -> tuple[Dataset, Dataset]:
     """The (train, test) splits a saved run was made with, rebuilt from its ``run.json``."""
+    if isinstance(info.get("spec"), dict):
+        from koopmanlens.experiment import build_data
+        from koopmanlens.spec import spec_from_dict
+
+        spec = spec_from_dict(info["spec"], where="run.json spec")
+        base = Path(info["spec_dir"]) if info.get("spec_dir") else None
+        d = build_data(spec, base, data_dir or info.get("data_dir"))
+        return d["train"], d["test"]
     dataset = info.get("dataset")
     if dataset == "yinyang":
         s = yinyang_settings(bool(info.get("quick")), info.get("preset", "default"))
@@ -551,26 +582,20 @@ def reproduce_yinyang(
     report: bool = True,
     preset: str = "default",
 ) -> dict:
-    """The paper's Yin-Yang experiment (Table 1, columns 2-3) on the held-out test split."""
-    s = yinyang_settings(quick, preset)
-    return reproduce(
-        "yinyang",
-        s["train"],
-        s["val"],
-        s["test"],
-        s["subject"],
-        s["kae"],
-        out,
-        seeds=seeds,
-        device=device,
-        overwrite=overwrite,
-        progress=progress,
-        extra_info={"quick": quick, "preset": preset},
-        edit_classes=(0, 1, 2),
-        resume=resume,
-        checkpoint_every=checkpoint_every,
-        report=report,
-    )
+    """The paper's Yin-Yang experiment (Table 1, columns 2-3) on the held-out test split: the built-in
+    spec ``yinyang`` (``yinyang-paper`` for ``preset="paper"``, ``yinyang-quick`` for ``quick``)."""
+    from koopmanlens.experiment import RunOptions, run_experiment
+    from koopmanlens.spec import load_spec
+
+    if preset not in YINYANG_PRESETS:
+        raise InputError(f"unknown Yin-Yang preset {preset!r}; choose one of {list(YINYANG_PRESETS)}")
+    name = "yinyang-quick" if quick else ("yinyang-paper" if preset == "paper" else "yinyang")
+    spec, _ = load_spec(name)
+    if quick and preset == "paper":
+        spec = spec.replace(**{"kae.preset": "yinyang-paper"})
+    spec = spec.replace(seeds=seeds)
+    opts = RunOptions(out, device, progress, resume, checkpoint_every, overwrite, report)
+    return run_experiment(spec, opts)
 
 
 MNIST_PRESETS = ("paper", "fast")
@@ -608,23 +633,19 @@ def mnist_settings(
         raise InputError(f"--width must be a whole number >= 1, got {width!r}")
     d = kdata.mnist_splits(data_dir, subset, test=test, validation=not full_train)
     train, val, test_set = d["train"], d["validation"], d["test"]
-    over = {} if width is None else {"width": width}
-    if preset == "paper":
-        return {
-            "train": train,
-            "val": val,
-            "test": test_set,
-            "q": None,
-            "subject": subject_config("mnist", **over),
-            "kae": kae_config("mnist"),
-        }
+    from koopmanlens.experiment import kae_spec_config, subject_spec_config
+    from koopmanlens.spec import load_spec
+
+    spec, _ = load_spec("mnist-fast" if preset == "fast" else "mnist")
+    if width is not None:
+        spec = spec.replace(**{"network.overrides": {**spec.network.overrides, "width": width}})
     return {
         "train": train,
         "val": val,
         "test": test_set,
-        "q": 128,
-        "subject": subject_config("mnist", epochs=6, batch_size=256, **over),
-        "kae": kae_config("mnist", hidden=256, observables=160, epochs=50, weights=(1.0, 1.0, 10.0, 1e-3)),
+        "q": spec.preprocessing.q,
+        "subject": subject_spec_config(spec),
+        "kae": kae_spec_config(spec),
     }
 
 
@@ -643,40 +664,31 @@ def reproduce_mnist(
     width: int | None = None,
     kae_epochs: int | None = None,
 ) -> dict:
-    """The paper's MNIST experiment (Table 1) on the 10,000 held-out test images."""
-    s = mnist_settings(preset, data_dir, subset, width)
-    kae = s["kae"] if kae_epochs is None else kae_config(s["kae"], epochs=kae_epochs)
-    subj = (
-        s["subject"]
-        if kae_epochs is None
-        else subject_config(s["subject"], epochs=min(s["subject"].epochs, kae_epochs))
-    )
-    return reproduce(
-        "mnist",
-        s["train"],
-        s["val"],
-        s["test"],
-        subj,
-        kae,
-        out,
-        seeds=seeds,
-        q=s["q"],
-        device=device,
-        overwrite=overwrite,
-        progress=progress,
-        extra_info={
-            "preset": preset,
-            "subset": subset,
-            "width": width,
-            "data_dir": None if data_dir is None else str(data_dir),
-            "validation": kdata.VALIDATION_SIZE,
-        },
-        edit_classes=(1, 4, 7),
-        edit_max_target_accuracy=MNIST_EDIT_MAX_TARGET_ACCURACY,
-        resume=resume,
-        checkpoint_every=checkpoint_every,
-        report=report,
-    )
+    """The paper's MNIST experiment (Table 1) on the 10,000 held-out test images: the built-in spec
+    ``mnist`` (``mnist-fast`` for ``preset="fast"``); ``subset``, ``width`` and ``kae_epochs`` shrink
+    it for smoke tests (the subject's epochs are capped at ``kae_epochs`` too)."""
+    from koopmanlens.experiment import RunOptions, run_experiment, subject_spec_config
+    from koopmanlens.spec import load_spec
+
+    if preset not in MNIST_PRESETS:
+        raise InputError(f"unknown MNIST preset {preset!r}; choose one of {list(MNIST_PRESETS)}")
+    for flag, value in (("--subset", subset), ("--width", width), ("--epochs", kae_epochs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{flag} must be a whole number >= 1, got {value!r}")
+    spec, _ = load_spec("mnist-fast" if preset == "fast" else "mnist")
+    changes: dict = {"seeds": seeds}
+    if subset is not None:
+        changes["data.subset"] = subset
+    net = dict(spec.network.overrides)
+    if width is not None:
+        net["width"] = width
+    if kae_epochs is not None:
+        changes["kae.overrides"] = {**spec.kae.overrides, "epochs": kae_epochs}
+        net["epochs"] = min(subject_spec_config(spec).epochs, kae_epochs)
+    if net:
+        changes["network.overrides"] = net
+    opts = RunOptions(out, device, progress, resume, checkpoint_every, overwrite, report)
+    return run_experiment(spec.replace(**changes), opts, data_dir=data_dir)
 
 
 def spectrum_block(run, train: Dataset, top: int = 5) -> dict:

@@ -1,0 +1,223 @@
+"""Experiments as data: a frozen, typed :class:`ExperimentSpec` read from and written to TOML.
+
+One spec says *what* to compute: the data and its splits, the network (a built-in residual MLP
+trained from a preset, or a user's ``package.module:factory`` plus a safetensors state dict), the
+span ``layer_i -> layer_j``, the preprocessing width ``q``, the KAE, the edits, the topology and the
+number of KAE seeds. *How* to run it (device, progress, resume, output folder) is
+:class:`koopmanlens.experiment.RunOptions`, kept apart.
+
+Built-in specs ship as files in ``koopmanlens/specs/`` (``koopmanlens specs`` lists them,
+``koopmanlens spec NAME`` prints one). Reading uses :mod:`tomllib`, writing :mod:`tomli_w`, checking
+pydantic: a bad file gives one :class:`~koopmanlens.errors.InputError` naming the field, the value
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from koopmanlens.errors import InputError
+
+Scalar = int | float | str | bool | list[int] | list[float] | list[str] | None
+PosInt = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataSpec(_Frozen):
+    """Where the data come from. ``yinyang``: the generator (``n_*`` sizes, default METHOD's);
+    ``mnist``: the official files (``path`` or ``--data-dir``; ``subset`` for smoke tests);
+    ``idx``: a folder of IDX files in MNIST's format (no checksum: a user's data; ``validation``
+    rows carved from the end of the training files); ``files``: ``.npz`` or ``.safetensors`` files
+    holding ``x`` and ``y`` per split (paths relative to the spec file)."""
+
+    source: Literal["yinyang", "mnist", "idx", "files"]
+    path: str | None = None
+    n_train: PosInt | None = None
+    n_val: PosInt | None = None
+    n_test: PosInt | None = None
+    subset: PosInt | None = None
+    validation: Annotated[int, Field(ge=0)] | None = None
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    class_names: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_source(self) -> DataSpec:
+        allowed = {
+            "yinyang": {"n_train", "n_val", "n_test", "class_names"},
+            "mnist": {"path", "subset", "class_names"},
+            "idx": {"path", "validation", "subset", "class_names"},
+            "files": {"train", "val", "test", "class_names"},
+        }[self.source]
+        extra = sorted(k for k in self.model_fields_set - {"source"} if k not in allowed)
+        if extra:
+            raise ValueError(
+                f"fields {extra} do not apply to source {self.source!r} (allowed: {sorted(allowed)})"
+            )
+        if self.source == "idx" and not self.path:
+            raise ValueError("source 'idx' needs path = the folder of IDX files")
+        if self.source == "files" and not (self.train and self.test):
+            raise ValueError("source 'files' needs train and test file names")
+        return self
+
+
+class NetworkSpec(_Frozen):
+    """The network under study: ``resmlp`` (METHOD section 2) trained from ``preset`` with
+    ``overrides`` and ``seed``, or ``factory``: ``"package.module:function"`` returning the
+    ``nn.Module`` and ``weights``, its safetensors state dict (path relative to the spec file)."""
+
+    kind: Literal["resmlp", "factory"] = "resmlp"
+    preset: str | None = None
+    overrides: dict[str, Scalar] = Field(default_factory=dict)
+    seed: Annotated[int, Field(ge=0)] = 0
+    factory: str | None = None
+    weights: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> NetworkSpec:
+        if self.kind == "resmlp":
+            if not self.preset or self.factory or self.weights:
+                raise ValueError("kind 'resmlp' needs preset (and takes no factory or weights)")
+        elif not (self.factory and self.weights) or self.preset or self.overrides:
+            raise ValueError("kind 'factory' needs factory = 'package.module:function' and weights")
+        if self.factory is not None and (self.factory.count(":") != 1 or not all(self.factory.split(":"))):
+            raise ValueError(f"factory must read 'package.module:function', got {self.factory!r}")
+        return self
+
+
+class SpanSpec(_Frozen):
+    """The layers: ``layer_i`` and ``layer_j`` by ``named_modules()`` name (``layer_j``: default the
+    last representation layer of a ResMLP; required for a user's network)."""
+
+    layer_i: str = "input"
+    layer_j: str | None = None
+
+
+class PreprocessingSpec(_Frozen):
+    """METHOD section 4: ``q`` principal axes per layer (``None``: full width, a lossless rotation)."""
+
+    q: PosInt | None = None
+
+
+class KAESpec(_Frozen):
+    """The KAE: a preset of :func:`koopmanlens.kae.kae_config` with field ``overrides``."""
+
+    preset: str
+    overrides: dict[str, Scalar] = Field(default_factory=dict)
+
+
+class EditingSpec(_Frozen):
+    """METHOD section 8: the classes to unlearn, the solver and the automatic lam's threshold."""
+
+    classes: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    method: Literal["memit", "emmet-kmeans", "emmet"] = "memit"
+    max_target_accuracy: Fraction = 0.01
+
+
+class TopologySpec(_Frozen):
+    """METHOD section 7: whether the run computes the topology block."""
+
+    enabled: bool = True
+
+
+class ExperimentSpec(_Frozen):
+    """What one experiment computes (module docstring)."""
+
+    name: str
+    description: str = ""
+    seeds: PosInt = 5
+    data: DataSpec
+    network: NetworkSpec
+    span: SpanSpec = Field(default_factory=SpanSpec)
+    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+    kae: KAESpec
+    editing: EditingSpec = Field(default_factory=EditingSpec)
+    topology: TopologySpec = Field(default_factory=TopologySpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, without the fields left at their defaults (what a spec file holds)."""
+        return self.model_dump(exclude_unset=True, exclude_none=True, mode="json")
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def replace(self, **changes: Any) -> ExperimentSpec:
+        """A checked copy with some top-level or nested (``"kae.overrides"``) fields changed."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            *path, last = key.split(".")
+            node = data
+            for part in path:
+                node = node.setdefault(part, {})
+            node[last] = value
+        return spec_from_dict(data, where=f"spec {self.name!r}")
+
+
+def _describe(err: dict) -> str:
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        return f"{field}: unknown field"
+    if err["type"] == "missing":
+        return f"{field}: missing"
+    return f"{field} = {value!r}: {err['msg']}"
+
+
+def spec_from_dict(data: dict, where: str = "spec") -> ExperimentSpec:
+    """Check ``data`` against :class:`ExperimentSpec`; errors name each bad field and value."""
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = "; ".join(_describe(e) for e in exc.errors(include_url=False))
+        raise InputError(f"{where}: {lines}") from None
+
+
+def builtin_specs() -> list[str]:
+    """Names of the specs that ship with koopmanlens (``koopmanlens/specs/*.toml``)."""
+    folder = resources.files("koopmanlens") / "specs"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_spec(name_or_path: str | Path) -> tuple[ExperimentSpec, Path | None]:
+    """A built-in spec by name, or a TOML file: (spec, the file's folder, ``None`` for built-ins).
+    Relative paths in a spec (data files, weights) are read against that folder."""
+    text, where, base = _read(name_or_path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{where} is not valid TOML: {exc}") from None
+    return spec_from_dict(data, where=where), base
+
+
+def _read(name_or_path: str | Path) -> tuple[str, str, Path | None]:
+    name = str(name_or_path)
+    if name in builtin_specs():
+        return (resources.files("koopmanlens") / "specs" / f"{name}.toml").read_text(), name, None
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and not path.exists():
+        raise InputError(
+            f"unknown spec {name!r}: not a built-in ({', '.join(builtin_specs())}) nor a .toml file"
+        )
+    try:
+        return path.read_text(), str(path), path.resolve().parent
+    except OSError as exc:
+        raise InputError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
+
+
+def save_spec(spec: ExperimentSpec, path: str | Path) -> Path:
+    """Write ``spec`` as TOML (atomically); ``load_spec`` gives it back equal."""
+    from koopmanlens.io import atomic_write_bytes
+
+    atomic_write_bytes(path, spec.to_toml().encode())
+    return Path(path)
