@@ -3,6 +3,7 @@ runnable example examples/conv_resnet_mnist.py), with maps of different shapes a
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -51,3 +52,41 @@ def test_conv_resnet_surrogate_and_edit(mnist_dir):
     after = edit.apply(sur).evaluate(test)
     assert after["per_class"][3] < ev["per_class"][3] / 2
     assert torch.equal(edit.revert(sur).logits(test.x[:10]), sur.logits(test.x[:10]))
+
+
+def test_conv_resnet_from_a_spec(mnist_dir, tmp_path):
+    """The same network as a user would bring it: examples/conv_resnet/ (model.py's factory, the
+    weights train.py writes, spec.toml) run by `koopmanlens run`, shrunk to seconds."""
+    import json
+    import shutil
+    import sys
+
+    from typer.testing import CliRunner
+
+    from koopmanlens.cli import app
+    from koopmanlens.spec import load_spec, save_spec
+
+    folder = EXAMPLE.parent / "conv_resnet"
+    shutil.copy(folder / "model.py", tmp_path / "model.py")
+    spec, _ = load_spec(folder / "spec.toml")
+    small = spec.replace(
+        **{"data.subset": 1500, "kae.overrides": {"hidden": 64, "observables": 48, "epochs": 4}}
+    )
+    small = small.replace(**{"preprocessing.q": 32})
+    path = save_spec(small, tmp_path / "spec.toml")
+    sys.path.insert(0, str(folder))
+    try:
+        train_mod = importlib.import_module("train")
+        weights = train_mod.main(path, str(mnist_dir), epochs=1)
+    finally:
+        sys.path.remove(str(folder))
+    assert weights == tmp_path / "conv_resnet.safetensors"
+    res = CliRunner().invoke(app, ["layers", str(path), "--data-dir", str(mnist_dir)])
+    assert res.exit_code == 0 and "stage2.conv1" in res.output, res.output
+    out = tmp_path / "run"
+    args = ["run", str(path), "--data-dir", str(mnist_dir), "--out", str(out), "--no-progress"]
+    res = CliRunner().invoke(app, [*args, "--no-report"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["layers"] == {"i": "stem", "j": "stage2"} and m["n_test"] == 250
+    assert m["editing"]["per_class"][0]["forget"] == 3

@@ -9,6 +9,7 @@ spec for the latter, so the two give the same run.
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,15 +109,30 @@ def kae_spec_config(spec: ExperimentSpec) -> KAEConfig:
         raise InputError(f"spec {spec.name!r}: kae.overrides: {exc}") from None
 
 
+def _import(module_name: str, base: Path | None):
+    """Import ``module_name``; a module file next to the spec (``base``) is found too."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        if base is None or not (base / (module_name.split(".")[0] + ".py")).exists():
+            raise
+    sys.path.insert(0, str(base))
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(str(base))
+
+
 def build_factory_network(spec: ExperimentSpec, base: Path | None = None) -> nn.Module:
-    """A user's network: ``network.factory`` (``"package.module:function"``) called with no
-    arguments, then ``network.weights`` (safetensors) loaded into it, strictly."""
+    """A user's network: ``network.factory`` (``"package.module:function"``; a module file next to
+    the spec file is found too) called with no arguments, then ``network.weights`` (safetensors)
+    loaded into it, strictly."""
     from koopmanlens.runs import load_module_state
 
     target = spec.network.factory or ""
     module_name, _, fn_name = target.partition(":")
     try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
+        fn = getattr(_import(module_name, base), fn_name)
     except (ImportError, AttributeError) as exc:
         raise InputError(f"network.factory = {target!r} cannot be imported: {exc}") from None
     model = fn()
