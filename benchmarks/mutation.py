@@ -53,7 +53,7 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
         None,
     ),
     "preprocessing.py": (["tests/test_preprocessing.py"], None),
-    "topology.py": (["tests/test_topology.py"], None),
+    "topology.py": (["tests/test_topology.py", "tests/test_topology_exact.py"], None),
     "surrogate.py": (["tests/test_capture_surrogate.py"], None),
     "edit_solvers.py": (["tests/test_editing.py"], None),
     "editing.py": (["tests/test_editing.py"], None),
@@ -170,6 +170,9 @@ def _rerun_survivors(work: Path, module: str, prefixes: list[str] | None, max_ch
         raise SystemExit(f"--rerun-survivors needs the kept scratch folder {work} (run with --keep first)")
     shutil.rmtree(work / "tests")
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    tests = [t for t in MODULES[module][0] if not t.startswith("tests/") or (ROOT / t).exists()]
+    text = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", (work / "pyproject.toml").read_text())
+    (work / "pyproject.toml").write_text(text + _mutmut_config(module, tests))  # today's test files
     codes = _read_results(work, module, prefixes)
     names = [k for k, c in codes.items() if c not in KILLED | TIMEOUT]
     print(f"rerunning {len(names)} surviving mutants of {module} ...", flush=True)
