@@ -1,4 +1,4 @@
-"""Writing an activation store: :func:`capture_to_store` (format and reading: :mod:`koopmanlens.store`).
+"""Writing an activation store: :func:`capture_to_store` (format: :mod:`koopmanlens.store`).
 
 Shards are written as they fill and the manifest is rewritten atomically after each, so a capture that
 is killed keeps every complete shard, and ``resume=True`` skips the rows already stored (checking that
@@ -19,7 +19,7 @@ from koopmanlens.capture import capture
 from koopmanlens.data import Dataset
 from koopmanlens.errors import ArtifactError, InputError
 from koopmanlens.io import atomic_write_bytes, write_json
-from koopmanlens.store import FORMAT, MANIFEST, VERSION, ActivationStore, sha256_hex, shard_name
+from koopmanlens.store_format import FORMAT, MANIFEST, VERSION, ActivationStore, sha256_hex, shard_name
 from koopmanlens.training import progress_bar
 
 
@@ -42,21 +42,24 @@ def _input_batches(data_x: object, batch_size: int) -> Iterator[tuple[torch.Tens
 
 
 class _SourceHash:
-    """Running SHA-256 over the input rows (and labels) in order: the same for any batching, so a
-    resumed capture can check that it is fed the inputs it started with."""
+    """Running SHA-256 over the input rows and, separately, the labels, in order: the same for any
+    batching, so a resumed capture can check that it is fed the inputs it started with. The digest
+    is SHA-256 of the two hex digests joined."""
 
     def __init__(self) -> None:
-        self.h = hashlib.sha256()
+        self.x, self.y = hashlib.sha256(), hashlib.sha256()
 
     def update(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
-        self.h.update(x.detach().cpu().contiguous().view(torch.uint8).reshape(-1).numpy().tobytes())
+        self.x.update(_bytes(x))
         if y is not None:
-            self.h.update(
-                y.detach().cpu().long().contiguous().view(torch.uint8).reshape(-1).numpy().tobytes()
-            )
+            self.y.update(_bytes(y.long()))
 
     def hexdigest(self) -> str:
-        return self.h.hexdigest()
+        return hashlib.sha256((self.x.hexdigest() + self.y.hexdigest()).encode()).hexdigest()
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().view(torch.uint8).reshape(-1).numpy().tobytes()
 
 
 def _new_manifest(layer_i: str, layer_j: str, rows_per_shard: int) -> dict:
