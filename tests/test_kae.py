@@ -288,8 +288,9 @@ def test_bf16_mixed_precision_trains_with_float32_weights():
 
 
 def _spiking_losses(monkeypatch, spike_calls):
-    """Make the state term 1000x larger on the given call numbers (a finite loss spike)."""
-    import koopmanlens.kae.trainer as tr
+    """Make the state term 1000x larger on the given call numbers (a finite loss spike). The step
+    function that both trainers share lives in koopmanlens.kae.epoch."""
+    import koopmanlens.kae.epoch as tr
 
     real, calls = tr.kae_losses, {"n": 0}
 

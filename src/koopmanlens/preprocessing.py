@@ -9,6 +9,12 @@ prediction exactly to the network's own coordinates.
 Different widths at i and j are allowed: each side is projected to its own q, and the narrower side
 is padded with zero coordinates to the wider one before the rotation (the padding is dropped again by
 the inverse).
+
+:meth:`PairPreprocessor.fit_stream` fits the same preprocessing in one pass over batches (or an
+:class:`~koopmanlens.store.ActivationStore`) from float64 moments (:mod:`koopmanlens.moments`), with
+the principal axes from the eigendecomposition of the scatter matrix instead of the SVD of the centred
+data: equal to :meth:`PairPreprocessor.fit` to rounding when the singular values are well separated
+(docs/activation-store.md).
 """
 
 from __future__ import annotations
@@ -19,6 +25,14 @@ import torch
 
 from koopmanlens.capture import check_finite
 from koopmanlens.errors import InputError
+from koopmanlens.moments import (
+    PairMoments,
+    accumulate,
+    eigen_axes,
+    procrustes_from_cross,
+    projected_cross,
+    rms_scale_from_scatter,
+)
 
 
 def _as_2d_float64(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
@@ -84,6 +98,23 @@ class LayerScaler:
         xc = x - self.mean_
         self.components_ = principal_axes(xc)[:, :q].contiguous()
         scale = rms_scale(xc @ self.components_)
+        if not scale > 0:
+            raise InputError("the representation is constant over the data; nothing to scale")
+        self.scale_ = scale
+        self.n_features_in_ = d
+        return self
+
+    def fit_moments(self, mean: torch.Tensor, scatter: torch.Tensor, n: int) -> LayerScaler:
+        """Fit from the mean and the centred scatter X_c^T X_c of ``n`` rows (one streamed pass):
+        axes from the scatter's eigenvectors with :func:`svd_flip_v`'s signs, the scale from
+        trace(V^T S V) (:mod:`koopmanlens.moments`)."""
+        d = int(mean.shape[0])
+        q = d if self.q is None else int(self.q)
+        if not 1 <= q <= d:
+            raise InputError(f"q must be between 1 and the layer width {d}, got {q}")
+        self.mean_ = mean.double()
+        self.components_ = svd_flip_v(eigen_axes(scatter))[:, :q].contiguous()
+        scale = rms_scale_from_scatter(scatter.double(), self.components_, n)
         if not scale > 0:
             raise InputError("the representation is constant over the data; nothing to scale")
         self.scale_ = scale
@@ -190,6 +221,35 @@ class PairPreprocessor:
         za = self._pad(self.scaler_i_.transform(a))
         zb = self._pad(self.scaler_j_.transform(b))
         self.rotation_ = procrustes_rotation(za, zb)
+        return self
+
+    def fit_stream(self, batches: object, scaler_j: LayerScaler | None = None) -> PairPreprocessor:
+        """:meth:`fit` in one pass over ``batches``: an iterable of (x_i, x_j) batches, or an
+        :class:`~koopmanlens.store.ActivationStore` (read shard by shard, in store order). Memory:
+        one batch plus the d x d moments."""
+        if hasattr(batches, "iter_shards"):
+            batches = ((s["x_i"], s["x_j"]) for s in batches.iter_shards())  # type: ignore[attr-defined]
+        return self.fit_moments(accumulate(batches), scaler_j)
+
+    def fit_moments(self, moments: PairMoments, scaler_j: LayerScaler | None = None) -> PairPreprocessor:
+        """Fit from accumulated :class:`~koopmanlens.moments.PairMoments`. The rotation needs no
+        second pass: the transformed sides' A^T B is V_i^T C V_j / (s_i s_j) with C the centred
+        cross scatter (:func:`~koopmanlens.moments.projected_cross`)."""
+        m = moments
+        qi = None if self.q is None else min(self.q, m.mean_i.shape[0])
+        qj = None if self.q is None else min(self.q, m.mean_j.shape[0])
+        self.scaler_i_ = LayerScaler(qi).fit_moments(m.mean_i, m.scatter_i, m.n)
+        self.scaler_j_ = (
+            LayerScaler(qj).fit_moments(m.mean_j, m.scatter_j, m.n) if scaler_j is None else scaler_j
+        )
+        if self.scaler_j_.n_features_in_ != m.mean_j.shape[0]:
+            raise InputError(
+                f"scaler_j takes {self.scaler_j_.n_features_in_} features, x_j has {m.mean_j.shape[0]}"
+            )
+        si, sj = self.scaler_i_, self.scaler_j_
+        self.dim_ = max(si.components_.shape[1], sj.components_.shape[1])
+        cross = projected_cross(m.cross, si.components_, si.scale_, sj.components_, sj.scale_, self.dim_)
+        self.rotation_ = procrustes_from_cross(cross)
         return self
 
     def _pad(self, z: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@ the four weighted losses, per-epoch JSON-lines log, divergence checks, best-on-v
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -12,26 +11,42 @@ from pathlib import Path
 
 import torch
 
-from koopmanlens.errors import InputError, TrainingDivergedError
+from koopmanlens.errors import InputError
 from koopmanlens.io import tensor_digest
-from koopmanlens.kae.losses import REDUCTIONS, isometry_loss, linear_loss, reconstruction_loss, state_loss
+from koopmanlens.kae.epoch import (
+    ALL_TERMS,
+    LOSS_TERMS,
+    EpochLedger,
+    kae_losses,
+    run_epoch,
+    trajectory_loss,
+    validation_state_loss,
+)
+from koopmanlens.kae.losses import REDUCTIONS
 from koopmanlens.kae.model import KoopmanAE
 from koopmanlens.training import (
     PRECISIONS,
-    check_finite_losses,
     load_checkpoint,
     make_generator,
     progress_bar,
     resolve_device,
-    resolve_precision,
     save_checkpoint,
     seeded,
     torch_threads,
-    triangular_lr,
 )
 
-LOSS_TERMS = ("recon", "linear", "state", "isometry")
-ALL_TERMS = (*LOSS_TERMS, "trajectory")
+__all__ = [
+    "ALL_TERMS",
+    "KAE_PRESETS",
+    "LOSS_TERMS",
+    "KAEConfig",
+    "kae_config",
+    "kae_losses",
+    "param_groups",
+    "train_kae",
+    "trajectory_loss",
+    "validation_state_loss",
+]
 
 
 @dataclass
@@ -147,75 +162,8 @@ def kae_config(preset: str | KAEConfig, **overrides: object) -> KAEConfig:
     return dataclasses.replace(base, **overrides)
 
 
-def trajectory_loss(
-    model: KoopmanAE,
-    z_i: torch.Tensor,
-    steps: list[int],
-    targets: torch.Tensor,
-    reduction: str = "sample_sum",
-) -> torch.Tensor:
-    """All-layer trajectory loss (paper section 5, first open question): the decoded state after
-    ``steps[l]`` steps, psi(exp(s_l G / k) phi(x_i)), should be layer l's (aligned) representation
-    ``targets[l]``; mean squared error averaged over the waypoints. ``targets``: (W, n, q)."""
-    preds = [model.decoder(z_i @ model.operator(s).T) for s in steps]
-    return torch.stack([state_loss(t, p, reduction) for t, p in zip(targets, preds, strict=True)]).mean()
-
-
-def kae_losses(
-    model: KoopmanAE,
-    x_i: torch.Tensor,
-    x_j: torch.Tensor,
-    cfg: KAEConfig,
-    waypoints: tuple[list[int], torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
-    """The loss terms for one batch, with the operator exp(G) computed once and the encoder and
-    decoder each called once on the stacked rows; ``trajectory`` when ``waypoints`` (steps, targets
-    (W, n, q) for this batch) are given, else 0."""
-    n = x_i.shape[0]
-    dev = x_i.device.type
-    mixed = resolve_precision(cfg.precision, x_i.device) == "bf16"
-    with torch.autocast(dev, enabled=False):
-        op = model.operator()
-    with torch.autocast(dev, dtype=torch.bfloat16, enabled=mixed):
-        z = model.encoder(torch.cat([x_i, x_j])).float()
-    z_i, z_j = z[:n], z[n:]
-    with torch.autocast(dev, enabled=False):
-        adv = z_i @ op.T
-    with torch.autocast(dev, dtype=torch.bfloat16, enabled=mixed):
-        dec = model.decoder(torch.cat([z, adv])).float()
-    rec_i, rec_j, pred_j = dec[:n], dec[n : 2 * n], dec[2 * n :]
-    red = cfg.loss_reduction
-    terms = {
-        "recon": reconstruction_loss(x_i, x_j, rec_i, rec_j, red),
-        "linear": linear_loss(z_i, z_j, op, red),
-        "state": state_loss(x_j, pred_j, red),
-    }
-    if cfg.weights[3] > 0:
-        terms["isometry"] = 0.5 * (
-            isometry_loss(x_i, z_i, cfg.isometry, cfg.isometry_rows)
-            + isometry_loss(x_j, z_j, cfg.isometry, cfg.isometry_rows)
-        )
-    else:
-        terms["isometry"] = torch.zeros((), device=x_i.device)
-    if waypoints is not None:
-        terms["trajectory"] = trajectory_loss(model, z_i, waypoints[0], waypoints[1], red)
-    else:
-        terms["trajectory"] = torch.zeros((), device=x_i.device)
-    return terms
-
-
 def _finite_or_none(v: float) -> float | None:
     return v if v != float("inf") else None
-
-
-def _snapshot(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Copies of the weights and the optimizer state (for the divergence guard's rollback)."""
-    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-
-
-def _restore(model: torch.nn.Module, opt: torch.optim.Optimizer, snap: tuple[dict, dict]) -> None:
-    model.load_state_dict(snap[0])
-    opt.load_state_dict(copy.deepcopy(snap[1]))
 
 
 def _check_pair(z_i: torch.Tensor, z_j: torch.Tensor, what: str) -> None:
@@ -249,13 +197,6 @@ def param_groups(model: KoopmanAE, cfg: KAEConfig) -> list[dict]:
     ]
 
 
-def validation_state_loss(model: KoopmanAE, x_i: torch.Tensor, x_j: torch.Tensor) -> float:
-    """Mean squared state error on held-out pairs (eq. 5), per-sample sum whatever the training
-    reduction, so that runs with either reduction are compared on one scale."""
-    with torch.no_grad():
-        return float(state_loss(x_j, model(x_i)))
-
-
 def _identity(seed: int, cfg: KAEConfig, x_i, x_j, val, waypoints) -> dict:
     """What a KAE training is, for checkpoints: seed, config and digests of its data."""
     return {
@@ -280,6 +221,7 @@ def train_kae(
     checkpoint_every: int = 50,
     resume: bool = False,
     waypoints: tuple[list[int], torch.Tensor] | None = None,
+    shuffle: bool = True,
     **overrides: object,
 ) -> KoopmanAE:
     """Fit a KAE that maps preprocessed x_i to preprocessed x_j.
@@ -298,6 +240,9 @@ def train_kae(
         waypoints: (steps, targets) with targets (W, n, q) row-aligned with ``x_i``: train the
             decoded state at step ``steps[l]`` towards ``targets[l]`` (all-layer trajectories),
             weighted by ``trajectory_weight``.
+        shuffle: ``True`` (default): a seeded permutation of the rows each epoch; ``False``: the rows
+            in the order given, every epoch (what :func:`~koopmanlens.kae.stream.train_kae_stream`
+            sees from a store read in order, so that the two can be compared exactly).
 
     Returns:
         The model in eval mode, on CPU, with ``history_`` (list of per-epoch dicts),
@@ -316,9 +261,8 @@ def train_kae(
     dev = resolve_device(device)
     start = time.perf_counter()
     log = open(log_path, "w") if log_path is not None else None  # noqa: SIM115
-    history: list[dict] = []
     try:
-        with torch_threads(cfg.threads if dev.type == "cpu" else None):
+        with torch_threads(cfg.threads if dev.type == "cpu" else None), progress_bar(progress) as bar:
             with seeded(seed):
                 model = KoopmanAE(
                     x_i.shape[1], cfg.hidden, cfg.observables, cfg.k, expm_method=cfg.expm_method
@@ -327,134 +271,87 @@ def train_kae(
             opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
             gen = make_generator(seed + 1)
             xi, xj = x_i.to(dev), x_j.to(dev)
-            wp_steps, wp_targets = (None, None)
-            if waypoints is not None:
-                wp_steps = [int(v) for v in waypoints[0]]
-                wp_targets = torch.as_tensor(waypoints[1]).float().to(dev)
-                if (
-                    wp_targets.ndim != 3
-                    or wp_targets.shape[1:] != xi.shape
-                    or len(wp_steps) != len(wp_targets)
-                ):
-                    raise InputError(
-                        f"waypoint targets must have shape ({len(wp_steps)}, {xi.shape[0]}, {xi.shape[1]}), "
-                        f"got {tuple(wp_targets.shape)}"
-                    )
-                if any(not 0 <= v <= cfg.k for v in wp_steps):
-                    raise InputError(f"waypoint steps must lie in [0, {cfg.k}], got {wp_steps}")
-            vi, vj = (val[0].float().to(dev), val[1].float().to(dev)) if val is not None else (None, None)
+            wp_steps, wp_targets = _waypoints(waypoints, xi, cfg.k, dev)
+            vi_vj = (val[0].float().to(dev), val[1].float().to(dev)) if val is not None else None
+            task = bar.add_task(f"KAE seed {seed}", total=cfg.epochs, completed=0, info="")
+            ledger = EpochLedger(cfg, vi_vj, log, bar, task)
             n = len(xi)
             bs = min(cfg.batch_size, n)
             steps_per_epoch = max(1, n // bs)  # drop the ragged last batch
             total = cfg.epochs * steps_per_epoch
             step, first_epoch = 0, 0
-            best: tuple[float, dict | None, int] = (float("inf"), None, -1)
-            guard = {"lr_scale": 1.0, "rollbacks": 0, "min_state": float("inf")}
             identity = None if checkpoint is None else _identity(seed, cfg, x_i, x_j, val, waypoints)
             if checkpoint is not None and resume:
-                restored = load_checkpoint(checkpoint, model, opt, gen, identity)
-                if restored is not None:
-                    meta, extras = restored
-                    step, first_epoch = int(meta["step"]), int(meta["epoch"]) + 1
-                    history = list(meta.get("history", []))
-                    guard.update(meta.get("guard", {}))
-                    if guard["min_state"] is None:  # saved as null before any epoch was accepted
-                        guard["min_state"] = float("inf")
-                    if meta.get("best_epoch", -1) >= 0:
-                        best_state = {k[5:]: v.to(dev) for k, v in extras.items() if k.startswith("best.")}
-                        best = (float(meta["best_val"]), best_state, int(meta["best_epoch"]))
-                    if log is not None:
-                        log.writelines(json.dumps(r) + "\n" for r in history)
-
-            def save(epoch: int) -> None:
-                extra = {
-                    "history": history,
-                    "best_val": best[0] if best[1] is not None else None,
-                    "best_epoch": best[2],
-                    "seed": seed,
-                    "config": cfg.to_dict(),
-                    "guard": {**guard, "min_state": _finite_or_none(guard["min_state"])},
-                }
-                extra_t = {f"best.{k}": v for k, v in (best[1] or {}).items()}
-                save_checkpoint(checkpoint, model, opt, gen, epoch, step, extra, extra_t, identity)
-
-            # the state at the end of the last accepted epoch, for the divergence guard
-            last_good = _snapshot(model, opt) if cfg.spike_factor is not None else None
-            with progress_bar(progress) as bar:
-                task = bar.add_task(f"KAE seed {seed}", total=cfg.epochs, completed=first_epoch, info="")
-                for epoch in range(first_epoch, cfg.epochs):
-                    order = torch.randperm(n, generator=gen).to(dev)
-                    acc = torch.zeros(len(ALL_TERMS) + 1, device=dev)
-                    for b in range(steps_per_epoch):
-                        idx = order[b * bs : (b + 1) * bs]
-                        lr = guard["lr_scale"] * (
-                            triangular_lr(step, total, cfg.lr, cfg.warmup_frac)
-                            if cfg.schedule == "triangular"
-                            else cfg.lr
-                        )
-                        for group in opt.param_groups:
-                            group["lr"] = lr
-                        wp = None if wp_targets is None else (wp_steps, wp_targets[:, idx])
-                        terms = kae_losses(model, xi[idx], xj[idx], cfg, wp)
-                        loss = sum(w * terms[t] for w, t in zip(cfg.weights, LOSS_TERMS, strict=True))
-                        if wp is not None:
-                            loss = loss + cfg.trajectory_weight * terms["trajectory"]
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        acc += torch.stack([terms[t].detach() for t in ALL_TERMS] + [loss.detach()])
-                        step += 1
-                    vals = (acc / steps_per_epoch).tolist()
-                    sums = dict(zip((*ALL_TERMS, "total"), vals, strict=True))
-                    check_finite_losses(sums, epoch, lr)
-                    row = {"epoch": epoch, "lr": lr, **sums}
-                    if last_good is not None and sums["state"] > cfg.spike_factor * guard["min_state"]:
-                        if guard["rollbacks"] >= cfg.max_rollbacks:
-                            raise TrainingDivergedError(
-                                f"the state loss jumped from {guard['min_state']:.4g} to "
-                                f"{sums['state']:.4g} at epoch {epoch} (learning rate {lr:.3g}) after "
-                                f"{guard['rollbacks']} rollbacks; lower the peak learning rate"
-                            )
-                        _restore(model, opt, last_good)
-                        guard["lr_scale"] *= 0.5
-                        guard["rollbacks"] += 1
-                        row["rollback"] = True
-                        history.append(row)
-                        if log is not None:
-                            log.write(json.dumps(row) + "\n")
-                        bar.update(task, advance=1, info=f"rolled back (state {sums['state']:.3g})")
-                        continue
-                    guard["min_state"] = min(guard["min_state"], sums["state"])
-                    if vi is not None:
-                        model.eval()
-                        row["val_state"] = validation_state_loss(model, vi, vj)
-                        model.train()
-                        check_finite_losses({"val_state": row["val_state"]}, epoch, lr)
-                        if cfg.select_best and row["val_state"] < best[0]:
-                            best = (row["val_state"], copy.deepcopy(model.state_dict()), epoch)
-                    history.append(row)
-                    if log is not None:
-                        log.write(json.dumps(row) + "\n")
-                    info = f"state {sums['state']:.4f}"
-                    if "val_state" in row:
-                        info += f" val {row['val_state']:.4f}"
-                    bar.update(task, advance=1, info=info)
-                    if checkpoint is not None and (
-                        (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1
-                    ):
-                        save(epoch)
-                    if last_good is not None:
-                        last_good = _snapshot(model, opt)
-            if best[1] is not None:
-                model.load_state_dict(best[1])
+                step, first_epoch = _resume(checkpoint, model, opt, gen, identity, ledger, dev)
+                bar.update(task, completed=first_epoch)
+            ledger.start(model, opt)
+            for epoch in range(first_epoch, cfg.epochs):
+                order = (torch.randperm(n, generator=gen) if shuffle else torch.arange(n)).to(dev)
+                idxs = (order[b * bs : (b + 1) * bs] for b in range(steps_per_epoch))
+                batches = (
+                    (xi[i], xj[i], None if wp_targets is None else (wp_steps, wp_targets[:, i])) for i in idxs
+                )
+                sums, step, lr = run_epoch(model, opt, cfg, batches, step, total, ledger.guard["lr_scale"])
+                if not ledger.close(model, opt, sums, epoch, lr):
+                    continue
+                if checkpoint is not None and (
+                    (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1
+                ):
+                    _save(checkpoint, model, opt, gen, epoch, step, ledger, seed, identity)
+                ledger.snapshot(model, opt)
     finally:
         if log is not None:
             log.close()
-    model.eval().cpu()
-    model.history_ = history  # type: ignore[attr-defined]
-    model.best_epoch_ = best[2] if val is not None and cfg.select_best else cfg.epochs - 1  # type: ignore[attr-defined]
-    model.train_seconds_ = time.perf_counter() - start  # type: ignore[attr-defined]
-    model.config_ = cfg  # type: ignore[attr-defined]
-    model.precision_ = resolve_precision(cfg.precision, dev)  # type: ignore[attr-defined]
-    model.rollbacks_ = int(guard["rollbacks"])  # type: ignore[attr-defined]
-    return model
+    return ledger.finish(model, dev, time.perf_counter() - start)
+
+
+def _waypoints(
+    waypoints: tuple[list[int], torch.Tensor] | None, xi: torch.Tensor, k: int, dev: torch.device
+) -> tuple[list[int] | None, torch.Tensor | None]:
+    """Checked waypoint steps and targets (W, n, q) on ``dev``, or (None, None)."""
+    if waypoints is None:
+        return None, None
+    wp_steps = [int(v) for v in waypoints[0]]
+    wp_targets = torch.as_tensor(waypoints[1]).float().to(dev)
+    if wp_targets.ndim != 3 or wp_targets.shape[1:] != xi.shape or len(wp_steps) != len(wp_targets):
+        raise InputError(
+            f"waypoint targets must have shape ({len(wp_steps)}, {xi.shape[0]}, {xi.shape[1]}), "
+            f"got {tuple(wp_targets.shape)}"
+        )
+    if any(not 0 <= v <= k for v in wp_steps):
+        raise InputError(f"waypoint steps must lie in [0, {k}], got {wp_steps}")
+    return wp_steps, wp_targets
+
+
+def _resume(checkpoint, model, opt, gen, identity, ledger: EpochLedger, dev) -> tuple[int, int]:
+    """Restore a checkpoint into the model, optimizer, generator and ledger; (step, first epoch)."""
+    restored = load_checkpoint(checkpoint, model, opt, gen, identity)
+    if restored is None:
+        return 0, 0
+    meta, extras = restored
+    ledger.history = list(meta.get("history", []))
+    ledger.guard.update(meta.get("guard", {}))
+    if ledger.guard["min_state"] is None:  # saved as null before any epoch was accepted
+        ledger.guard["min_state"] = float("inf")
+    if meta.get("best_epoch", -1) >= 0:
+        best_state = {k[5:]: v.to(dev) for k, v in extras.items() if k.startswith("best.")}
+        ledger.best = (float(meta["best_val"]), best_state, int(meta["best_epoch"]))
+    if ledger.log is not None:
+        ledger.log.writelines(json.dumps(r) + "\n" for r in ledger.history)
+    return int(meta["step"]), int(meta["epoch"]) + 1
+
+
+def _save(
+    checkpoint, model, opt, gen, epoch: int, step: int, ledger: EpochLedger, seed: int, identity
+) -> None:
+    best, guard = ledger.best, ledger.guard
+    extra = {
+        "history": ledger.history,
+        "best_val": best[0] if best[1] is not None else None,
+        "best_epoch": best[2],
+        "seed": seed,
+        "config": ledger.cfg.to_dict(),
+        "guard": {**guard, "min_state": _finite_or_none(guard["min_state"])},
+    }
+    extra_t = {f"best.{k}": v for k, v in (best[1] or {}).items()}
+    save_checkpoint(checkpoint, model, opt, gen, epoch, step, extra, extra_t, identity)

@@ -1,0 +1,222 @@
+"""One training epoch of a KAE and the bookkeeping after it, shared by the in-memory trainer
+(:func:`koopmanlens.kae.trainer.train_kae`) and the streaming one (:mod:`koopmanlens.kae.stream`):
+both run the same optimisation steps on the batches they are given, so equal batches give equal
+models."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from typing import IO, TYPE_CHECKING
+
+import torch
+
+from koopmanlens.errors import TrainingDivergedError
+from koopmanlens.kae.losses import isometry_loss, linear_loss, reconstruction_loss, state_loss
+from koopmanlens.kae.model import KoopmanAE
+from koopmanlens.training import check_finite_losses, resolve_precision, triangular_lr
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from koopmanlens.kae.trainer import KAEConfig
+
+LOSS_TERMS = ("recon", "linear", "state", "isometry")
+ALL_TERMS = (*LOSS_TERMS, "trajectory")
+
+Batch = tuple[torch.Tensor, torch.Tensor, tuple[list[int], torch.Tensor] | None]
+
+
+def trajectory_loss(
+    model: KoopmanAE,
+    z_i: torch.Tensor,
+    steps: list[int],
+    targets: torch.Tensor,
+    reduction: str = "sample_sum",
+) -> torch.Tensor:
+    """All-layer trajectory loss (paper section 5, first open question): the decoded state after
+    ``steps[l]`` steps, psi(exp(s_l G / k) phi(x_i)), should be layer l's (aligned) representation
+    ``targets[l]``; mean squared error averaged over the waypoints. ``targets``: (W, n, q)."""
+    preds = [model.decoder(z_i @ model.operator(s).T) for s in steps]
+    return torch.stack([state_loss(t, p, reduction) for t, p in zip(targets, preds, strict=True)]).mean()
+
+
+def kae_losses(
+    model: KoopmanAE,
+    x_i: torch.Tensor,
+    x_j: torch.Tensor,
+    cfg: KAEConfig,
+    waypoints: tuple[list[int], torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The loss terms for one batch, with the operator exp(G) computed once and the encoder and
+    decoder each called once on the stacked rows; ``trajectory`` when ``waypoints`` (steps, targets
+    (W, n, q) for this batch) are given, else 0."""
+    n = x_i.shape[0]
+    dev = x_i.device.type
+    mixed = resolve_precision(cfg.precision, x_i.device) == "bf16"
+    with torch.autocast(dev, enabled=False):
+        op = model.operator()
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=mixed):
+        z = model.encoder(torch.cat([x_i, x_j])).float()
+    z_i, z_j = z[:n], z[n:]
+    with torch.autocast(dev, enabled=False):
+        adv = z_i @ op.T
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=mixed):
+        dec = model.decoder(torch.cat([z, adv])).float()
+    rec_i, rec_j, pred_j = dec[:n], dec[n : 2 * n], dec[2 * n :]
+    red = cfg.loss_reduction
+    terms = {
+        "recon": reconstruction_loss(x_i, x_j, rec_i, rec_j, red),
+        "linear": linear_loss(z_i, z_j, op, red),
+        "state": state_loss(x_j, pred_j, red),
+    }
+    if cfg.weights[3] > 0:
+        terms["isometry"] = 0.5 * (
+            isometry_loss(x_i, z_i, cfg.isometry, cfg.isometry_rows)
+            + isometry_loss(x_j, z_j, cfg.isometry, cfg.isometry_rows)
+        )
+    else:
+        terms["isometry"] = torch.zeros((), device=x_i.device)
+    if waypoints is not None:
+        terms["trajectory"] = trajectory_loss(model, z_i, waypoints[0], waypoints[1], red)
+    else:
+        terms["trajectory"] = torch.zeros((), device=x_i.device)
+    return terms
+
+
+def run_epoch(
+    model: KoopmanAE,
+    opt: torch.optim.Optimizer,
+    cfg: KAEConfig,
+    batches: Iterable[Batch],
+    step: int,
+    total: int,
+    lr_scale: float,
+) -> tuple[dict[str, float], int, float]:
+    """AdamW steps on ``batches`` of (x_i, x_j, waypoints or None), the learning rate set per step
+    (triangular or constant, times ``lr_scale``). Returns the epoch's mean loss terms (and
+    ``"total"``), the step counter after the epoch and the last learning rate."""
+    acc, count, lr = None, 0, 0.0
+    for xb_i, xb_j, wp in batches:
+        lr = lr_scale * (
+            triangular_lr(step, total, cfg.lr, cfg.warmup_frac) if cfg.schedule == "triangular" else cfg.lr
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        terms = kae_losses(model, xb_i, xb_j, cfg, wp)
+        loss = sum(w * terms[t] for w, t in zip(cfg.weights, LOSS_TERMS, strict=True))
+        if wp is not None:
+            loss = loss + cfg.trajectory_weight * terms["trajectory"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        row = torch.stack([terms[t].detach() for t in ALL_TERMS] + [loss.detach()])
+        acc = torch.zeros_like(row) + row if acc is None else acc + row
+        step += 1
+        count += 1
+    if acc is None:
+        raise TrainingDivergedError("an epoch had no batches to train on")
+    vals = (acc / count).tolist()
+    return dict(zip((*ALL_TERMS, "total"), vals, strict=True)), step, lr
+
+
+def _snapshot(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Copies of the weights and the optimizer state (for the divergence guard's rollback)."""
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+
+def _restore(model: torch.nn.Module, opt: torch.optim.Optimizer, snap: tuple[dict, dict]) -> None:
+    model.load_state_dict(snap[0])
+    opt.load_state_dict(copy.deepcopy(snap[1]))
+
+
+def validation_state_loss(model: KoopmanAE, x_i: torch.Tensor, x_j: torch.Tensor) -> float:
+    """Mean squared state error on held-out pairs (eq. 5), per-sample sum whatever the training
+    reduction, so that runs with either reduction are compared on one scale."""
+    with torch.no_grad():
+        return float(state_loss(x_j, model(x_i)))
+
+
+class EpochLedger:
+    """What happens after each epoch: the divergence guard (``cfg.spike_factor``: undo an epoch whose
+    state loss jumps, halve the learning rate), the validation state loss and best-epoch choice,
+    the history, the JSON-lines log and the progress bar."""
+
+    def __init__(
+        self,
+        cfg: KAEConfig,
+        val: tuple[torch.Tensor, torch.Tensor] | None,
+        log: IO[str] | None,
+        bar: Progress,
+        task: TaskID,
+    ) -> None:
+        self.cfg, self.val, self.log, self.bar, self.task = cfg, val, log, bar, task
+        self.guard: dict = {"lr_scale": 1.0, "rollbacks": 0, "min_state": float("inf")}
+        self.best: tuple[float, dict | None, int] = (float("inf"), None, -1)
+        self.history: list[dict] = []
+        self.last_good: tuple[dict, dict] | None = None
+
+    def start(self, model: KoopmanAE, opt: torch.optim.Optimizer) -> None:
+        """Remember the state before the first epoch (the guard's first rollback point)."""
+        self.snapshot(model, opt, first=True)
+
+    def snapshot(self, model: KoopmanAE, opt: torch.optim.Optimizer, first: bool = False) -> None:
+        """Remember the state at the end of an accepted epoch."""
+        if self.cfg.spike_factor is not None and (first or self.last_good is not None):
+            self.last_good = _snapshot(model, opt)
+
+    def _write(self, row: dict, info: str) -> None:
+        self.history.append(row)
+        if self.log is not None:
+            self.log.write(json.dumps(row) + "\n")
+        self.bar.update(self.task, advance=1, info=info)
+
+    def close(
+        self, model: KoopmanAE, opt: torch.optim.Optimizer, sums: dict[str, float], epoch: int, lr: float
+    ) -> bool:
+        """Record epoch ``epoch``; False when the guard undid it (the weights are then restored)."""
+        cfg, guard = self.cfg, self.guard
+        check_finite_losses(sums, epoch, lr)
+        row = {"epoch": epoch, "lr": lr, **sums}
+        if self.last_good is not None and sums["state"] > cfg.spike_factor * guard["min_state"]:
+            if guard["rollbacks"] >= cfg.max_rollbacks:
+                raise TrainingDivergedError(
+                    f"the state loss jumped from {guard['min_state']:.4g} to "
+                    f"{sums['state']:.4g} at epoch {epoch} (learning rate {lr:.3g}) after "
+                    f"{guard['rollbacks']} rollbacks; lower the peak learning rate"
+                )
+            _restore(model, opt, self.last_good)
+            guard["lr_scale"] *= 0.5
+            guard["rollbacks"] += 1
+            row["rollback"] = True
+            self._write(row, f"rolled back (state {sums['state']:.3g})")
+            return False
+        guard["min_state"] = min(guard["min_state"], sums["state"])
+        if self.val is not None:
+            model.eval()
+            row["val_state"] = validation_state_loss(model, *self.val)
+            model.train()
+            check_finite_losses({"val_state": row["val_state"]}, epoch, lr)
+            if cfg.select_best and row["val_state"] < self.best[0]:
+                self.best = (row["val_state"], copy.deepcopy(model.state_dict()), epoch)
+        info = f"state {sums['state']:.4f}"
+        if "val_state" in row:
+            info += f" val {row['val_state']:.4f}"
+        self._write(row, info)
+        return True
+
+    def finish(self, model: KoopmanAE, dev: torch.device, seconds: float) -> KoopmanAE:
+        """Load the best epoch (if chosen), move to CPU in eval mode, attach the training record."""
+        cfg = self.cfg
+        if self.best[1] is not None:
+            model.load_state_dict(self.best[1])
+        model.eval().cpu()
+        model.history_ = self.history  # type: ignore[attr-defined]
+        chosen = self.best[2] if self.val is not None and cfg.select_best else cfg.epochs - 1
+        model.best_epoch_ = chosen  # type: ignore[attr-defined]
+        model.train_seconds_ = seconds  # type: ignore[attr-defined]
+        model.config_ = cfg  # type: ignore[attr-defined]
+        model.precision_ = resolve_precision(cfg.precision, dev)  # type: ignore[attr-defined]
+        model.rollbacks_ = int(self.guard["rollbacks"])  # type: ignore[attr-defined]
+        return model
