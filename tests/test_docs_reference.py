@@ -99,3 +99,12 @@ def test_tutorial_pages_keep_every_cell(gen):
         assert [k for k, _ in cells].count("code") >= 3
         for kind, source in cells[1:]:
             assert source in page, (script.name, kind, source[:80])
+
+
+def test_the_check_notices_what_is_missing(gen, pages):
+    broken = dict(pages)
+    broken["reference/index.md"] = pages["reference/index.md"].replace("[`Surrogate`]", "[`Sur`]")
+    broken["reference/cli.md"] = pages["reference/cli.md"].replace("`--forget`", "`--f`")
+    broken["reference/spec-fields.md"] = pages["reference/spec-fields.md"].replace("| `layer_j` |", "|")
+    missing = " ".join(gen.missing_from_reference(broken))
+    assert "koopmanlens.Surrogate" in missing and "--forget" in missing and "layer_j" in missing
