@@ -41,16 +41,27 @@ class DataSpec(_Frozen):
     holding ``x`` and ``y`` per split (paths relative to the spec file)."""
 
     source: Literal["yinyang", "mnist", "idx", "files"]
+    """Where the data come from; each source takes only the fields named with it below."""
     path: str | None = None
+    """mnist / idx: the folder of IDX files (relative to the spec file; ``--data-dir`` overrides it)."""
     n_train: PosInt | None = None
+    """yinyang: training points (``None``: METHOD's 5,000)."""
     n_val: PosInt | None = None
+    """yinyang: validation points (``None``: METHOD's 1,000)."""
     n_test: PosInt | None = None
+    """yinyang: test points (``None``: METHOD's 5,000)."""
     subset: PosInt | None = None
+    """mnist / idx: keep the first N training rows only (smoke tests)."""
     validation: Annotated[int, Field(ge=0)] | None = None
+    """idx: rows carved from the end of the training files for validation (``None``: 0)."""
     train: str | None = None
+    """files: the training split, a ``.npz`` or ``.safetensors`` file with ``x`` (n, ...) and ``y`` (n,)."""
     val: str | None = None
+    """files: the validation split (optional), same format."""
     test: str | None = None
+    """files: the test split, same format."""
     class_names: list[str] | None = None
+    """Readable class names, one per class (``None``: ``"0"``, ``"1"``, ...)."""
 
     @model_validator(mode="after")
     def _fields_fit_source(self) -> DataSpec:
@@ -78,11 +89,18 @@ class NetworkSpec(_Frozen):
     ``nn.Module`` and ``weights``, its safetensors state dict (path relative to the spec file)."""
 
     kind: Literal["resmlp", "factory"] = "resmlp"
+    """``resmlp``: the residual MLP of METHOD section 2, trained here; ``factory``: your own network."""
     preset: str | None = None
+    """resmlp: a subject preset (``yinyang``, ``mnist``; see :data:`koopmanlens.subject.SUBJECT_PRESETS`)."""
     overrides: dict[str, Scalar] = Field(default_factory=dict)
+    """resmlp: fields of :class:`koopmanlens.subject.SubjectConfig` to change, e.g. ``{ epochs = 40 }``."""
     seed: Annotated[int, Field(ge=0)] = 0
+    """resmlp: the training seed of the network."""
     factory: str | None = None
+    """factory: ``"package.module:function"`` returning the ``nn.Module`` (a ``module.py`` next to the
+    spec file is found too)."""
     weights: str | None = None
+    """factory: the network's safetensors state dict (relative to the spec file; loaded strictly)."""
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> NetworkSpec:
@@ -101,49 +119,71 @@ class SpanSpec(_Frozen):
     last representation layer of a ResMLP; required for a user's network)."""
 
     layer_i: str = "input"
+    """The earlier layer, by ``named_modules()`` name (``input``: a ResMLP's input layer)."""
     layer_j: str | None = None
+    """The later layer (``None``: a ResMLP's last block; required for your own network)."""
 
 
 class PreprocessingSpec(_Frozen):
     """METHOD section 4: ``q`` principal axes per layer (``None``: full width, a lossless rotation)."""
 
     q: PosInt | None = None
+    """Principal axes kept per layer (``None``: full width, a lossless rotation)."""
 
 
 class KAESpec(_Frozen):
     """The KAE: a preset of :func:`koopmanlens.kae.kae_config` with field ``overrides``."""
 
     preset: str
+    """A KAE preset: ``yinyang``, ``yinyang-paper`` or ``mnist``
+    (:data:`koopmanlens.kae.trainer.KAE_PRESETS`)."""
     overrides: dict[str, Scalar] = Field(default_factory=dict)
+    """Fields of :class:`koopmanlens.kae.KAEConfig` to change, e.g. ``{ epochs = 60 }``."""
 
 
 class EditingSpec(_Frozen):
     """METHOD section 8: the classes to unlearn, the solver and the automatic lam's threshold."""
 
     classes: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    """Classes to unlearn, one edit each (none: no editing)."""
     method: Literal["memit", "emmet-kmeans", "emmet"] = "memit"
+    """The solver: least squares with all keys (``memit``), exact EMMET on k-means keys
+    (``emmet-kmeans``), or EMMET with all keys and ridges (``emmet``)."""
     max_target_accuracy: Fraction = 0.01
+    """memit: the automatic lam is the largest for which at most this fraction of a training sample
+    of the class keeps its label."""
 
 
 class TopologySpec(_Frozen):
     """METHOD section 7: whether the run computes the topology block."""
 
     enabled: bool = True
+    """Compute the topology block (Betti numbers along the layers and the KAE steps)."""
 
 
 class ExperimentSpec(_Frozen):
     """What one experiment computes (module docstring)."""
 
     name: str
+    """The run's name (default output folder ``runs/<name>``)."""
     description: str = ""
+    """One line of text about the experiment."""
     seeds: PosInt = 5
+    """Number of KAEs fitted, with seeds 0..N-1."""
     data: DataSpec
+    """The ``[data]`` table."""
     network: NetworkSpec
+    """The ``[network]`` table."""
     span: SpanSpec = Field(default_factory=SpanSpec)
+    """The ``[span]`` table."""
     preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+    """The ``[preprocessing]`` table."""
     kae: KAESpec
+    """The ``[kae]`` table."""
     editing: EditingSpec = Field(default_factory=EditingSpec)
+    """The ``[editing]`` table."""
     topology: TopologySpec = Field(default_factory=TopologySpec)
+    """The ``[topology]`` table."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, without the fields left at their defaults (what a spec file holds)."""

@@ -107,6 +107,7 @@ SUBJECT_PRESETS: dict[str, SubjectConfig] = {
         in_dim=784, width=784, blocks=4, classes=10, epochs=30, batch_size=128, threads=None
     ),
 }
+"""The subject network presets by name (``network.preset`` in a spec file; :func:`subject_config`)."""
 
 
 def subject_config(preset: str | SubjectConfig, **overrides: object) -> SubjectConfig:

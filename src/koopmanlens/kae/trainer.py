@@ -149,6 +149,7 @@ KAE_PRESETS: dict[str, KAEConfig] = {
         threads=None,
     ),
 }
+"""The KAE presets by name (``kae.preset`` in a spec file; :func:`kae_config`)."""
 
 
 def kae_config(preset: str | KAEConfig, **overrides: object) -> KAEConfig:
@@ -227,7 +228,8 @@ def train_kae(
     """Fit a KAE that maps preprocessed x_i to preprocessed x_j.
 
     Args:
-        x_i, x_j: preprocessed training representations (n, q), same rows and width.
+        x_i: preprocessed training representations of layer i (n, q).
+        x_j: preprocessed training representations of layer j, same rows and width as ``x_i``.
         preset: ``"yinyang"``, ``"mnist"`` or a :class:`KAEConfig`; keyword ``overrides`` change fields.
         seed: seeds the initialisation and the batch order; same seed, same model on CPU.
         val: optional held-out (x_i, x_j); its state loss is logged and, with ``select_best``,
