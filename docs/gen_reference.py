@@ -48,6 +48,11 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     ("experiment", "koopmanlens.experiment", ["koopmanlens.experiment"]),
     ("runs", "koopmanlens.runs", ["koopmanlens.runs"]),
     (
+        "store",
+        "koopmanlens.store",
+        ["koopmanlens.store", "koopmanlens.moments", "koopmanlens.kae.stream"],
+    ),
+    (
         "data",
         "koopmanlens.data",
         [

@@ -69,8 +69,13 @@ def train_kae_stream(
     Args:
         store: raw (x_i, x_j) pairs; read once per epoch, never whole.
         preprocessor: a fitted :class:`PairPreprocessor` (e.g. ``PairPreprocessor().fit_stream(store)``).
-        preset, seed, val, log_path, device, progress, overrides: as in
-            :func:`~koopmanlens.kae.trainer.train_kae` (``val``: preprocessed held-out pairs).
+        preset: as in :func:`~koopmanlens.kae.trainer.train_kae`.
+        seed: as in ``train_kae``.
+        val: preprocessed held-out pairs, as in ``train_kae``.
+        log_path: as in ``train_kae``.
+        device: as in ``train_kae``.
+        progress: as in ``train_kae``.
+        **overrides: config fields, as in ``train_kae``.
         shuffle: ``True``: each epoch reads the store through its seeded shuffling buffer, with a seed
             drawn from a generator seeded by ``seed + 1``; ``False``: rows in store order.
         buffer_rows: the shuffling buffer (:meth:`ActivationStore.iter_batches`).
