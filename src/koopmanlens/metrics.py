@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
+
 import torch
 
 from koopmanlens.errors import InputError
@@ -32,3 +35,9 @@ def classification_metrics(pred: torch.Tensor, y: torch.Tensor, n_classes: int) 
 def agreement(pred_a: torch.Tensor, pred_b: torch.Tensor) -> float:
     """Fraction of samples on which two classifiers predict the same class."""
     return float((pred_a == pred_b).double().mean())
+
+
+def mean_sd(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
+    vals = [float(v) for v in values]
+    return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}

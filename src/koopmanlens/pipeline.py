@@ -1,38 +1,52 @@
-"""The paper's experiments as one function per dataset: train the subject, fit KAEs over seeds,
-evaluate everything on the held-out test split, save a run folder (METHOD sections 1-6)."""
+"""One run: train the subject (or take the user's network), fit KAEs over seeds, evaluate everything
+on the held-out test split, edit, measure the topology, save the run folder (METHOD sections 1-6).
+The built-in experiments are in :mod:`koopmanlens.presets`, the views in :mod:`koopmanlens.views`."""
 
 from __future__ import annotations
 
-import platform
 import shutil
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from koopmanlens import data as kdata
 from koopmanlens import editing
+
+# the ablation, the built-in experiments and the views live in their own modules; they stay
+# importable from here as before (re-exported)
+from koopmanlens.ablation import ablate_isometry  # noqa: F401
 from koopmanlens.capture import capture
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.kae import KAEConfig, KoopmanAE, kae_config, train_kae
+from koopmanlens.metrics import mean_sd
 from koopmanlens.preprocessing import PairPreprocessor
+from koopmanlens.presets import (  # noqa: F401
+    MNIST_EDIT_MAX_TARGET_ACCURACY,
+    MNIST_PRESETS,
+    YINYANG_PRESETS,
+    mnist_settings,
+    reproduce_mnist,
+    reproduce_yinyang,
+    run_splits,
+    yinyang_settings,
+)
+from koopmanlens.record import _environment, experiment_record
 from koopmanlens.rundir import open_new_run
 from koopmanlens.runs import write_run_files
 from koopmanlens.subject import SubjectConfig, evaluate_classifier, train_resmlp
-from koopmanlens.surrogate import Surrogate, aligned_layers
+from koopmanlens.surrogate import Surrogate
 from koopmanlens.topology_stage import topology_block
 from koopmanlens.training import progress_bar, resolve_device
-
-
-def mean_sd(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
-    vals = [float(v) for v in values]
-    return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+from koopmanlens.views import (  # noqa: F401
+    compute_views,
+    refresh_report,
+    representation_layers,
+    spectrum_block,
+    write_views,
+)
 
 
 def fit_surrogates(
@@ -111,61 +125,6 @@ def fit_surrogates(
         "per_seed": per_seed,
     }
     return pre, kaes, block, seconds
-
-
-def _environment(device: str | None) -> dict:
-    env = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": device or "cpu",
-    }
-    if torch.device(device or "cpu").type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name()
-    return env
-
-
-def experiment_record(
-    dataset: str,
-    train: Dataset,
-    val: Dataset | None,
-    test: Dataset,
-    subject: SubjectConfig,
-    kae: KAEConfig,
-    seeds: int,
-    layer_i: str,
-    layer_j: str | None,
-    q: int | None,
-    subject_seed: int,
-    extra_info: dict | None,
-    edit_classes: Sequence[int],
-    edit_max_target_accuracy: float,
-    edit_method: str = editing.DEFAULT_METHOD,
-) -> dict:
-    """What a run computes, stored in ``run.json`` and compared on ``--resume``: the data (sizes and a
-    digest of the training set), the subject and KAE configs, seeds, layers, edits."""
-    from koopmanlens.io import tensor_digest
-
-    extra = {k: v for k, v in (extra_info or {}).items() if k != "data_dir"}
-    return {
-        "dataset": dataset,
-        **extra,
-        "data": {
-            "n_train": len(train),
-            "n_val": None if val is None else len(val),
-            "n_test": len(test),
-            "train_sha256": tensor_digest(train.x, train.y),
-        },
-        "subject": None if subject is None else subject.to_dict(),
-        "subject_seed": subject_seed,
-        "kae": kae.to_dict(),
-        "q": q,
-        "layer_i": layer_i,
-        "layer_j": layer_j,
-        "seeds": list(range(seeds)),
-        "edit_classes": list(edit_classes),
-        "edit_max_target_accuracy": edit_max_target_accuracy,
-        **({} if edit_method == editing.DEFAULT_METHOD else {"edit_method": edit_method}),
-    }
 
 
 def reproduce(
@@ -287,14 +246,6 @@ def _last_layer(network: nn.Module) -> str:
     return names()[-1]
 
 
-def representation_layers(network: nn.Module, surrogate: Surrogate) -> list[str]:
-    """The layers the topology and the views walk along: ``network.layer_names()`` when the
-    network has it (the ResMLP), else the span's two ends."""
-    if hasattr(network, "layer_names"):
-        return list(network.layer_names())
-    return [surrogate.layer_i, surrogate.layer_j]
-
-
 def _base_metrics(
     dataset: str,
     network: nn.Module,
@@ -366,45 +317,6 @@ def _analyses(
         metrics["timing_s"]["topology"] = time.perf_counter() - t3
 
 
-def refresh_report(run_dir: Path) -> Path | None:
-    """Rewrite the figures and ``report.html`` of a run that has one (after ``edit``, ``topology``,
-    ``spectrum`` added results); a run made with ``--no-report`` is left without."""
-    if not (Path(run_dir) / "report.html").exists():
-        return None
-    from koopmanlens.report import write_report
-
-    return write_report(run_dir)
-
-
-def write_views(
-    run_dir: Path,
-    network: nn.Module,
-    surrogate: Surrogate,
-    train: Dataset,
-    test: Dataset,
-    forget: int | None = None,
-) -> None:
-    """Compute :func:`compute_views` and save ``views.safetensors`` + ``views.json`` in ``run_dir``."""
-    from koopmanlens.io import write_json, write_tensors
-
-    try:
-        surrogate.check_operator()
-    except InputError as exc:
-        bad = _nonfinite_kae_files(run_dir)
-        raise InputError(f"{', '.join(map(str, bad)) if bad else run_dir}: {exc}") from exc
-    views, meta = compute_views(network, surrogate, train, test, forget=forget)
-    write_tensors(run_dir / "views.safetensors", views)
-    write_json(run_dir / "views.json", meta)
-
-
-def _nonfinite_kae_files(run_dir: Path) -> list[Path]:
-    """The saved KAE weight files of a run folder that hold NaN or inf."""
-    from koopmanlens.io import read_tensors
-
-    files = sorted((Path(run_dir) / "kae").glob("seed-*.safetensors"))
-    return [f for f in files if not all(torch.isfinite(t).all() for t in read_tensors(f).values())]
-
-
 def editing_block(
     network: nn.Module,
     layer_i: str,
@@ -458,344 +370,3 @@ def _edit_row(c: int, results: list[dict]) -> dict:
     ]
     row["lam_per_seed"] = [r["diagnostics"].get("lam_auto", [{}])[-1].get("lam") for r in results]
     return row
-
-
-def compute_views(
-    network: nn.Module,
-    surrogate: Surrogate,
-    train: Dataset,
-    test: Dataset,
-    n_points: int = 2000,
-    max_steps: int = 20,
-    forget: int | None = None,
-    seed: int = 0,
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """Low-dimensional views for the figures and the report (saved as ``views.safetensors``):
-    top-3 principal components, in one basis (the last layer's aligned test states), of every
-    layer, of the decoded KAE steps, and of the observables before/after unlearning ``forget``;
-    eigenvalues of G and exp(G). :class:`InputError` first if the surrogate's operator is not finite."""
-    surrogate.check_operator()
-    g = torch.Generator().manual_seed(seed)
-    sub = test.subset(torch.randperm(len(test), generator=g)[:n_points])
-    layers = representation_layers(network, surrogate)
-    aligned = aligned_layers(
-        network, layers, train, sub, surrogate.preprocessor.q, seed=seed, reference=surrogate.preprocessor
-    )
-    k = surrogate.kae.k
-    steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
-    states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps]).double()
-    # layers of different widths live in the last layer's space padded with zero coordinates
-    width = max(states.shape[-1], *(t.shape[1] for t in aligned.values()))
-    aligned = {n: torch.nn.functional.pad(t.double(), (0, width - t.shape[1])) for n, t in aligned.items()}
-    states = torch.nn.functional.pad(states, (0, width - states.shape[-1]))
-    ref = aligned[layers[-1]]
-    mean = ref.mean(0)
-    basis = torch.linalg.svd(ref - mean, full_matrices=False).Vh[:3].T
-    views = {
-        "labels": sub.y.clone(),
-        "layers": torch.stack([(aligned[n].double() - mean) @ basis for n in layers]),
-        "steps": torch.stack([(st - mean) @ basis for st in states]),
-        "steps_index": torch.tensor(steps),
-    }
-    gen = surrogate.kae.generator.detach().double()
-    eg = torch.linalg.eigvals(gen)
-    ek = torch.linalg.eigvals(surrogate.kae.operator().detach().double())
-    views["eig_generator"] = torch.stack([eg.real, eg.imag], 1)
-    views["eig_operator"] = torch.stack([ek.real, ek.imag], 1)
-    meta: dict = {
-        "layers": list(layers),
-        "steps": steps,
-        "n_points": len(sub),
-        "class_names": list(test.class_names),
-    }
-    if forget is not None:
-        edit = editing.unlearn_class(surrogate, train, forget)
-        z = editing.class_observables(surrogate, sub)
-        before = z @ surrogate.current_operator().double().T
-        after = z @ edit.operator_after.T
-        m0 = before.mean(0)
-        b2 = torch.linalg.svd(before - m0, full_matrices=False).Vh[:3].T
-        views["edit_before"] = (before - m0) @ b2
-        views["edit_after"] = (after - m0) @ b2
-        meta["edit"] = {"forget": forget, "into": edit.into, "method": edit.method}
-    return {k_: v.contiguous() for k_, v in views.items()}, meta
-
-
-YINYANG_PRESETS = ("default", "paper")
-
-
-def yinyang_settings(quick: bool = False, preset: str = "default", test: bool = True) -> dict:
-    """Data, subject and KAE settings of ``reproduce yinyang``.
-
-    ``preset="default"`` uses our measured KAE defaults (``kae_config("yinyang")``), ``"paper"`` the
-    paper's KAE architecture (``kae_config("yinyang-paper")``). ``quick`` shrinks everything to a
-    smoke test of a few seconds. ``test=False`` leaves the test split unmade (``"test": None``), for
-    the scripts that choose defaults on validation (docs/validation.md).
-    """
-    from koopmanlens.experiment import build_data, kae_spec_config, subject_spec_config
-    from koopmanlens.spec import load_spec
-
-    if preset not in YINYANG_PRESETS:
-        raise InputError(f"unknown Yin-Yang preset {preset!r}; choose one of {list(YINYANG_PRESETS)}")
-    spec, _ = load_spec("yinyang-quick" if quick else "yinyang")
-    if preset == "paper":
-        spec = spec.replace(**{"kae.preset": "yinyang-paper"})
-    d = build_data(spec, test=test)
-    return {**d, "subject": subject_spec_config(spec), "kae": kae_spec_config(spec)}
-
-
-def run_splits(info: dict, data_dir: str | Path | None = None) -> tuple[Dataset, Dataset]:
-    """The (train, test) splits a saved run was made with, rebuilt from its ``run.json``."""
-    if isinstance(info.get("spec"), dict):
-        from koopmanlens.experiment import build_data
-        from koopmanlens.spec import spec_from_dict
-
-        spec = spec_from_dict(info["spec"], where="run.json spec")
-        base = Path(info["spec_dir"]) if info.get("spec_dir") else None
-        d = build_data(spec, base, data_dir or info.get("data_dir"))
-        return d["train"], d["test"]
-    dataset = info.get("dataset")
-    if dataset == "yinyang":
-        s = yinyang_settings(bool(info.get("quick")), info.get("preset", "default"))
-        return s["train"], s["test"]
-    if dataset == "mnist":
-        # runs made before the validation split (no "validation" key) trained on all 60,000 images
-        s = mnist_settings(
-            info.get("preset", "paper"),
-            data_dir or info.get("data_dir"),
-            subset=info.get("subset"),
-            full_train=not info.get("validation"),
-        )
-        return s["train"], s["test"]
-    raise InputError(f"runs of dataset {dataset!r} cannot rebuild their data; use the Python API")
-
-
-def reproduce_yinyang(
-    out: str | Path = "runs/yinyang",
-    seeds: int = 5,
-    quick: bool = False,
-    device: str | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    resume: bool = False,
-    checkpoint_every: int = 50,
-    report: bool = True,
-    preset: str = "default",
-) -> dict:
-    """The paper's Yin-Yang experiment (Table 1, columns 2-3) on the held-out test split: the built-in
-    spec ``yinyang`` (``yinyang-paper`` for ``preset="paper"``, ``yinyang-quick`` for ``quick``)."""
-    from koopmanlens.experiment import RunOptions, run_experiment
-    from koopmanlens.spec import load_spec
-
-    if preset not in YINYANG_PRESETS:
-        raise InputError(f"unknown Yin-Yang preset {preset!r}; choose one of {list(YINYANG_PRESETS)}")
-    name = "yinyang-quick" if quick else ("yinyang-paper" if preset == "paper" else "yinyang")
-    spec, _ = load_spec(name)
-    if quick and preset == "paper":
-        spec = spec.replace(**{"kae.preset": "yinyang-paper"})
-    spec = spec.replace(seeds=seeds)
-    opts = RunOptions(out, device, progress, resume, checkpoint_every, overwrite, report)
-    return run_experiment(spec, opts)
-
-
-MNIST_PRESETS = ("paper", "fast")
-#: ``max_target_accuracy`` of the MNIST edits, chosen on validation by
-#: ``benchmarks/choose_mnist_edits.py`` (docs/validation.md; was 0.002, chosen on the test split).
-MNIST_EDIT_MAX_TARGET_ACCURACY = 0.005
-
-
-def mnist_settings(
-    preset: str = "paper",
-    data_dir: str | Path | None = None,
-    subset: int | None = None,
-    width: int | None = None,
-    test: bool = True,
-    full_train: bool = False,
-) -> dict:
-    """Data, subject and KAE settings of ``reproduce mnist``.
-
-    ``paper``: METHOD sections 2 and 5 (784-wide subject, 30 epochs; KAE 784 -> 1000 -> 800, k = 10,
-    100 epochs). ``fast``: a CPU preset: the subject for 6 epochs at batch 256, then every layer
-    projected to its top q = 128 principal axes and a KAE 128 -> 256 -> 160 for 50 epochs with the
-    state loss weighted 10 (as our Yin-Yang default).
-    Data (:func:`koopmanlens.data.mnist_splits`): ``train`` the first 55,000 official training
-    images, ``val`` the last 5,000 (the KAE's best epoch is chosen on it), ``test`` the official
-    10,000. ``subset`` N keeps the first N training, max(100, N // 11) validation and
-    max(100, N // 6) test images; ``width`` narrows the subject (both for smoke tests).
-    ``test=False`` leaves the test split unread (``"test": None``); ``full_train`` trains on all
-    60,000 official training images without validation (how runs were made before the split).
-    """
-    if preset not in MNIST_PRESETS:
-        raise InputError(f"unknown MNIST preset {preset!r}; choose one of {list(MNIST_PRESETS)}")
-    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
-        raise InputError(f"--subset must be a whole number of training images >= 1, got {subset!r}")
-    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
-        raise InputError(f"--width must be a whole number >= 1, got {width!r}")
-    d = kdata.mnist_splits(data_dir, subset, test=test, validation=not full_train)
-    train, val, test_set = d["train"], d["validation"], d["test"]
-    from koopmanlens.experiment import kae_spec_config, subject_spec_config
-    from koopmanlens.spec import load_spec
-
-    spec, _ = load_spec("mnist-fast" if preset == "fast" else "mnist")
-    if width is not None:
-        spec = spec.replace(**{"network.overrides": {**spec.network.overrides, "width": width}})
-    return {
-        "train": train,
-        "val": val,
-        "test": test_set,
-        "q": spec.preprocessing.q,
-        "subject": subject_spec_config(spec),
-        "kae": kae_spec_config(spec),
-    }
-
-
-def reproduce_mnist(
-    out: str | Path = "runs/mnist",
-    seeds: int = 5,
-    preset: str = "paper",
-    data_dir: str | Path | None = None,
-    device: str | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    resume: bool = False,
-    checkpoint_every: int = 50,
-    report: bool = True,
-    subset: int | None = None,
-    width: int | None = None,
-    kae_epochs: int | None = None,
-) -> dict:
-    """The paper's MNIST experiment (Table 1) on the 10,000 held-out test images: the built-in spec
-    ``mnist`` (``mnist-fast`` for ``preset="fast"``); ``subset``, ``width`` and ``kae_epochs`` shrink
-    it for smoke tests (the subject's epochs are capped at ``kae_epochs`` too)."""
-    from koopmanlens.experiment import RunOptions, run_experiment, subject_spec_config
-    from koopmanlens.spec import load_spec
-
-    if preset not in MNIST_PRESETS:
-        raise InputError(f"unknown MNIST preset {preset!r}; choose one of {list(MNIST_PRESETS)}")
-    for flag, value in (("--subset", subset), ("--width", width), ("--epochs", kae_epochs)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InputError(f"{flag} must be a whole number >= 1, got {value!r}")
-    spec, _ = load_spec("mnist-fast" if preset == "fast" else "mnist")
-    changes: dict = {"seeds": seeds}
-    if subset is not None:
-        changes["data.subset"] = subset
-    net = dict(spec.network.overrides)
-    if width is not None:
-        net["width"] = width
-    if kae_epochs is not None:
-        changes["kae.overrides"] = {**spec.kae.overrides, "epochs": kae_epochs}
-        net["epochs"] = min(subject_spec_config(spec).epochs, kae_epochs)
-    if net:
-        changes["network.overrides"] = net
-    opts = RunOptions(out, device, progress, resume, checkpoint_every, overwrite, report)
-    return run_experiment(spec.replace(**changes), opts, data_dir=data_dir)
-
-
-def spectrum_block(run, train: Dataset, top: int = 5) -> dict:
-    """:func:`koopmanlens.spectrum.spectrum_report` for every seed of a loaded run, with the
-    observable class centroids phi(x_i) of the training data (the ``spectrum`` key)."""
-    from koopmanlens.spectrum import spectrum_report
-
-    per_seed = []
-    for seed in run.seeds:
-        sur = run.surrogate(seed)
-        try:
-            sur.check_operator()
-        except InputError as exc:
-            raise InputError(
-                f"{Path(run.path) / 'kae' / f'seed-{seed}.safetensors'} (seed {seed}): {exc}"
-            ) from exc
-        z = editing.class_observables(sur, train).numpy()
-        y = train.y.numpy()
-        cents = np.stack([z[y == c].mean(0) for c in range(train.n_classes)])
-        rep = spectrum_report(sur.kae.generator, cents, top=top, k=sur.kae.k)
-        rep["seed"] = seed
-        per_seed.append(rep)
-    radius = [r["spectral_radius"] for r in per_seed]
-    return {"per_seed": per_seed, "spectral_radius": mean_sd(radius)}
-
-
-def ablate_isometry(
-    out: str | Path,
-    weights: Sequence[float] = (0.0, 1e-3, 1.0),
-    seed: int = 0,
-    n_points: int = 1000,
-    grid_points: int = 30,
-    quick: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Fig. 2: train Yin-Yang KAEs with isometry weight in ``weights`` and compare the beta_0 and
-    beta_1 curves of the later layer in observable space, phi(x_j), with those of x_j itself
-    (preprocessed), on ``n_points`` test points over one eps grid read off x_j. The distance between
-    curves is the mean absolute difference (:func:`koopmanlens.topology.curve_distance`). Writes
-    ``ablation.json`` and ``ablation.png`` into ``out`` (held like a run folder)."""
-    from koopmanlens.io import write_json
-    from koopmanlens.report.figures import ablation_figure
-    from koopmanlens.rundir import write_marker
-
-    experiment = {
-        "kind": "ablate-isometry",
-        "weights": [float(w) for w in weights],
-        "seed": seed,
-        "n_points": n_points,
-        "grid_points": grid_points,
-        "quick": quick,
-    }
-    with open_new_run(out, experiment, overwrite=overwrite, purpose="ablate-isometry") as (folder, run_id):
-        result = _isometry_ablation(weights, seed, n_points, grid_points, quick, progress)
-        write_json(folder / "ablation.json", result)
-        ablation_figure(result, folder / "ablation.png")
-        write_marker(folder, experiment, run_id, complete=True, extra={"kind": "ablate-isometry"})
-    return result
-
-
-def _isometry_ablation(
-    weights: Sequence[float], seed: int, n_points: int, grid_points: int, quick: bool, progress: bool
-) -> dict:
-    from koopmanlens import topology
-
-    s = yinyang_settings(quick)
-    net = train_resmlp(s["train"], s["subject"], seed=0, progress=progress)
-    layer_i, layer_j = "input", net.layer_names()[-1]
-    reps = capture(net, s["train"].x, [layer_i, layer_j])
-    pre = PairPreprocessor().fit(reps[layer_i], reps[layer_j])
-    z_i, z_j = pre.transform(reps[layer_i], reps[layer_j])
-    g = torch.Generator().manual_seed(seed)
-    test = s["test"].subset(torch.randperm(len(s["test"]), generator=g)[:n_points])
-    xj_test = pre.transform_j(capture(net, test.x, [layer_j])[layer_j])
-    grid = topology.suggest_eps_grid(xj_test, grid_points)
-    original = topology.betti_curve(xj_test, grid, maxdim=1)
-    rows = []
-    for w in weights:
-        cfg = kae_config(s["kae"], weights=(*s["kae"].weights[:3], float(w)))
-        kae = train_kae(z_i, z_j, cfg, seed=seed, progress=progress)
-        with torch.no_grad():
-            obs = kae.encode(xj_test.float())
-        curves = topology.betti_curve(obs, grid, maxdim=1)
-        d0 = topology.curve_distance(curves[0], original[0])
-        d1 = topology.curve_distance(curves[1], original[1])
-        ev = Surrogate(net, layer_i, layer_j, pre, kae).evaluate(s["test"])
-        rows.append(
-            {
-                "isometry_weight": float(w),
-                "beta0_curve": curves[0].tolist(),
-                "beta1_curve": curves[1].tolist(),
-                "distance_beta0": d0,
-                "distance_beta1": d1,
-                "distance_sum": d0 + d1,
-                "test_top1": ev["top1"],
-            }
-        )
-    best = min(rows, key=lambda r: r["distance_sum"])
-    result = {
-        "dataset": "yinyang",
-        "layer": layer_j,
-        "n_points": len(test),
-        "eps_grid": grid.tolist(),
-        "original_beta0": original[0].tolist(),
-        "original_beta1": original[1].tolist(),
-        "per_weight": rows,
-        "closest_weight": best["isometry_weight"],
-    }
-    return result

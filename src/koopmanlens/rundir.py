@@ -150,6 +150,12 @@ def diff_dicts(old: object, new: object, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix or 'value'}: {old!r} -> {new!r}"]
 
 
+def _resolved(experiment: object) -> object:
+    if not isinstance(experiment, dict):
+        return experiment
+    return {k: v for k, v in experiment.items() if k not in ("spec", "spec_name", "spec_dir")}
+
+
 class RunLock:
     """An exclusive advisory lock on a run folder, held by one process (``with RunLock(dir, "edit"):``).
 
@@ -285,7 +291,9 @@ def _check_state(
             raise ArtifactError(
                 f"{out} already holds a complete run; nothing to resume (pass --overwrite to replace it)"
             )
-        diff = diff_dicts(marker.get("experiment"), experiment)
+        old = marker.get("experiment")
+        # the resolved configs first; the spec they came from only when nothing else differs
+        diff = diff_dicts(_resolved(old), _resolved(experiment)) or diff_dicts(old, experiment)
         if diff:
             raise ArtifactError(
                 f"cannot resume {out}: its checkpoints belong to another experiment; what differs "
