@@ -46,6 +46,7 @@ class EditMethod(StrEnum):
     memit = "memit"
     emmet_kmeans = "emmet-kmeans"
     emmet = "emmet"
+    alphaedit = "alphaedit"
 
 
 def _examples(*lines: str) -> str:
