@@ -16,6 +16,7 @@ from torch import nn
 
 from koopmanlens import data as kdata
 from koopmanlens import editing
+from koopmanlens.baseline_stage import add_baselines
 from koopmanlens.capture import capture
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
@@ -246,6 +247,7 @@ def reproduce(
             metrics, network, surrogate, kaes, train, test, edit_classes, edit_max_target_accuracy,
             topology, progress,
         )  # fmt: skip
+        add_baselines(metrics, surrogate, kaes, train, val, test, kae, device, progress)
         metrics["timing_s"]["total"] = time.perf_counter() - t0
         info = {
             "dataset": dataset,
