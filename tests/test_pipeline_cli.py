@@ -274,3 +274,38 @@ def test_cli_refuses_a_nonfinite_generator(run_copy):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, res.output
         assert _has("generator G holds 1 NaN or inf entries", res.output), res.output
+
+
+def test_reproduce_writes_baselines_and_show_prints_them(quick_run):
+    """The ``baselines`` block (docs/baselines.md): every row on the test split, the KAE row the
+    mean of the kae block, its own timing; `show` and report.html print it."""
+    from koopmanlens.report import sections
+    from koopmanlens.schema import Metrics
+
+    m = json.loads((quick_run / "metrics.json").read_text())
+    Metrics.model_validate(m)
+    b = m["baselines"]
+    assert [r["name"] for r in b["rows"]] == ["identity", "linear", "edmd", "mlp", "kae"]
+    assert b["split"] == "test" and b["validation"] == "the run's validation split"
+    kae = b["rows"][-1]
+    assert kae["test_top1"] == m["kae"]["test_top1"]["mean"] and kae["seeds"] == [0, 1]
+    assert 0 < m["timing_s"]["baselines"] < m["timing_s"]["total"]
+    for r in b["rows"]:
+        assert 0 <= r["test_top1"] <= 1 and r["explained_variance"] <= 1
+    res = runner.invoke(app, ["show", str(quick_run)])
+    assert res.exit_code == 0, res.output
+    assert "baselines" in res.output and "edmd" in res.output and "mlp" in res.output
+    page = sections.baselines_html(m)
+    assert "<h2>Baselines</h2>" in page and "edmd" in page and "kae (seeds 2, mean)" in page
+
+
+def test_cli_edit_alphaedit(run_copy):
+    res = runner.invoke(app, ["edit", str(run_copy), "--forget", "0", "--method", "alphaedit"])
+    assert res.exit_code == 0, res.output
+    saved = _saved_edits(run_copy, 0)
+    assert [e["method"] for e in saved] == ["alphaedit", "alphaedit"]
+    assert all(e["params"]["lam"] == 1e-6 and "nullspace_dim" in e["diagnostics"] for e in saved)
+    res = runner.invoke(
+        app, ["edit", str(run_copy), "--forget", "1", "--method", "alphaedit", "--lambda-norm", "1"]
+    )
+    assert res.exit_code == 2 and _has("alphaedit takes lam", res.output), res.output

@@ -46,6 +46,7 @@ class EditMethod(StrEnum):
     memit = "memit"
     emmet_kmeans = "emmet-kmeans"
     emmet = "emmet"
+    alphaedit = "alphaedit"
 
 
 def _examples(*lines: str) -> str:
@@ -84,11 +85,18 @@ def _print_spec(info: dict) -> None:
 
 
 def _print_run(metrics: dict, out: Path | None = None) -> None:
-    from koopmanlens.report import editing_table, per_seed_table, results_table, timing_line, topology_table
+    from koopmanlens.report import (
+        baselines_table,
+        editing_table,
+        per_seed_table,
+        results_table,
+        timing_line,
+        topology_table,
+    )
 
     console.print(results_table(metrics))
     console.print(per_seed_table(metrics))
-    for extra in (editing_table(metrics), topology_table(metrics)):
+    for extra in (baselines_table(metrics), editing_table(metrics), topology_table(metrics)):
         if extra is not None:
             console.print(extra)
     console.print(timing_line(metrics))

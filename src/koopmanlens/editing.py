@@ -12,6 +12,8 @@ Methods (all float64 inside, solves instead of inverses; the closed-form solvers
   values (when feasible) while W changes least on the preserved keys.
 * ``memit``: least squares that trades memorisation against preservation,
   W' = W + R K_E^T (lambda C_0 + K_E K_E^T)^-1 with R = V_E - W K_E.
+* ``alphaedit``: AlphaEdit (Fang et al., ICLR 2025): the least-squares update projected onto the
+  null space of the preserved keys' second moment, so those keys' outputs do not change.
 * key reduction (``reduce_keys``): k-means centroids (or a sample) of a class's keys, which makes
   EMMET's system well posed when a class has more keys than dimensions.
 
@@ -32,8 +34,10 @@ import torch
 from koopmanlens.data import Dataset
 from koopmanlens.edit_solvers import (
     KeyStats,
+    alphaedit,
     emmet,
     memit,
+    nullspace_projector,
     preservation_covariance,
     reduce_keys,
 )
@@ -46,18 +50,22 @@ __all__ = [
     "METHOD_RIDGES",
     "Edit",
     "KeyStats",
+    "alphaedit",
     "class_observables",
     "default_n_keys",
     "emmet",
     "evaluate_edit",
     "memit",
     "nearest_class",
+    "nullspace_projector",
     "preservation_covariance",
     "reduce_keys",
     "unlearn_class",
 ]
 
-METHODS = ("emmet-kmeans", "memit", "emmet")
+METHODS = ("emmet-kmeans", "memit", "emmet", "alphaedit")
+#: ``lam`` of ``"alphaedit"`` when ``unlearn_class`` is given ``lam="auto"``: a tiny ridge on the update.
+ALPHAEDIT_LAM = 1e-6
 DEFAULT_METHOD = "memit"
 
 
@@ -178,6 +186,7 @@ METHOD_RIDGES: dict[str, dict[str, float]] = {
     "memit": {"lambda_norm": 1e-6},
     "emmet-kmeans": {"lambda_norm": 1e-6, "lambda_emmet": 0.0},
     "emmet": {"lambda_norm": 0.1, "lambda_emmet": 0.1},
+    "alphaedit": {},
 }
 
 
@@ -260,9 +269,11 @@ def unlearn_class(
     fraction in [0, 1]) of a seeded sample of ``tune_samples`` *training* samples of the class keep
     their label, so the test split is never looked at), ``"emmet-kmeans"`` (exact EMMET on
     ``n_keys`` k-means centroids of the keys, default :func:`default_n_keys`), ``"emmet"`` (EMMET
-    with every key and the authors' ridges). ``lambda_norm`` and ``lambda_emmet`` default per method
-    (:data:`METHOD_RIDGES`). An ill-conditioned solve warns
-    (:class:`~koopmanlens.errors.IllConditionedWarning`) and sets ``diagnostics["ill_conditioned"]``.
+    with every key and the authors' ridges), ``"alphaedit"`` (:func:`alphaedit` with every key,
+    ``lam`` its ridge, ``"auto"`` meaning :data:`ALPHAEDIT_LAM`; no lambda_norm or lambda_emmet).
+    ``lambda_norm`` and ``lambda_emmet`` default per method (:data:`METHOD_RIDGES`). An
+    ill-conditioned solve warns (:class:`~koopmanlens.errors.IllConditionedWarning`) and sets
+    ``diagnostics["ill_conditioned"]``.
     ``observables``: phi(x_i) of ``train`` (rows), if already computed (:func:`class_observables`);
     ``stats``: their :class:`KeyStats` (``KeyStats.of(observables.T)``), if already computed: the
     preserved keys' statistics are then the total minus the class's, so an edit costs O(p^2 B + p^3).
@@ -278,6 +289,8 @@ def unlearn_class(
         tune_samples=tune_samples,
     )
     ridges = {**METHOD_RIDGES[method]}
+    if method == "alphaedit" and (lambda_norm is not None or lambda_emmet is not None):
+        raise InputError("alphaedit takes lam (its ridge), not lambda_norm or lambda_emmet")
     if lambda_norm is not None:
         ridges["lambda_norm"] = lambda_norm
     if lambda_emmet is not None and method != "memit":
@@ -305,6 +318,10 @@ def unlearn_class(
         W_new, diag, params["lam"] = _memit_edit(
             surrogate, train, forget, W, K_E, V_E, K_0, lam, ridges, tune
         )
+    elif method == "alphaedit":
+        params["lam"] = ALPHAEDIT_LAM if lam == "auto" else lam
+        V_E = centroids[into][:, None].expand(-1, K_E.shape[1])
+        W_new, diag = alphaedit(W, K_E, V_E, K_0, lam=params["lam"])  # type: ignore[arg-type]
     else:
         if method == "emmet-kmeans":
             m = n_keys or default_n_keys(W.shape[0], train.n_classes)

@@ -17,6 +17,7 @@ from koopmanlens import editing
 # the ablation, the built-in experiments and the views live in their own modules; they stay
 # importable from here as before (re-exported)
 from koopmanlens.ablation import ablate_isometry  # noqa: F401
+from koopmanlens.baseline_stage import add_baselines
 from koopmanlens.capture import capture
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
@@ -217,6 +218,7 @@ def reproduce(
             metrics, network, surrogate, kaes, train, test, edit_classes, edit_max_target_accuracy,
             topology, progress, edit_method,
         )  # fmt: skip
+        add_baselines(metrics, surrogate, kaes, train, val, test, kae, device, progress)
         metrics["timing_s"]["total"] = time.perf_counter() - t0
         info = {
             "dataset": dataset,

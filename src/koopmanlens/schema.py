@@ -150,6 +150,26 @@ class TopologyBlock(_Model):
     prediction_gap: Gap | None = None
 
 
+class BaselineRow(_Model):
+    """One row of the ``baselines`` block (docs/baselines.md)."""
+
+    name: Name
+    test_top1: Frac | None
+    test_macro: Frac | None
+    agreement: Frac | None = None
+    explained_variance: Annotated[float, Field(le=1.0, allow_inf_nan=False)] | None = None
+    fit_seconds: NonNegFloat | None = None
+    params: NonNeg | None = None
+
+
+class BaselinesBlock(_Model):
+    """Identity, linear, EDMD and MLP baselines beside the KAE, on the run's preprocessing."""
+
+    split: Name = "test"
+    space: Name | None = None
+    rows: Annotated[list[BaselineRow], Field(min_length=1)]
+
+
 class Metrics(_Model):
     """``metrics.json``: the keys the tables and the report read."""
 
@@ -160,6 +180,7 @@ class Metrics(_Model):
     kae: KaeBlock
     editing: EditingBlock | None = None
     topology: TopologyBlock | None = None
+    baselines: BaselinesBlock | None = None
     timing_s: dict[str, Finite | list[Finite] | None] = Field(default_factory=dict)
 
 

@@ -146,7 +146,7 @@ class EditingSpec(_Frozen):
 
     classes: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     """Classes to unlearn, one edit each (none: no editing)."""
-    method: Literal["memit", "emmet-kmeans", "emmet"] = "memit"
+    method: Literal["memit", "emmet-kmeans", "emmet", "alphaedit"] = "memit"
     """The solver: least squares with all keys (``memit``), exact EMMET on k-means keys
     (``emmet-kmeans``), or EMMET with all keys and ridges (``emmet``)."""
     max_target_accuracy: Fraction = 0.01

@@ -3,6 +3,7 @@ reads the run folder (metrics, logs, ``views.safetensors``) and computes nothing
 
 from koopmanlens.report.html import write_report
 from koopmanlens.report.tables import (
+    baselines_table,
     editing_table,
     pct,
     pct_sd,
@@ -13,6 +14,7 @@ from koopmanlens.report.tables import (
 )
 
 __all__ = [
+    "baselines_table",
     "editing_table",
     "pct",
     "pct_sd",

@@ -185,6 +185,7 @@ def write_html(
         f"<p>Run folder <code>{sections.esc(run_dir)}</code>. All numbers on held-out data.</p>",
         sections.spec_html(info),
         sections.metrics_html(metrics),
+        sections.baselines_html(metrics),
         sections.editing_html(metrics),
         sections.edits_html(run_dir),
         sections.topology_html(metrics),

@@ -12,7 +12,16 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from koopmanlens.report.tables import fmt_rho, num, pct, real, run_spec, tracking_line
+from koopmanlens.report.tables import (
+    BASELINE_HEADERS,
+    baseline_rows,
+    fmt_rho,
+    num,
+    pct,
+    real,
+    run_spec,
+    tracking_line,
+)
 
 
 def esc(value: object) -> str:
@@ -67,6 +76,19 @@ def metrics_html(metrics: dict) -> str:
         ),
     ]
     return "\n".join(parts)
+
+
+def baselines_html(metrics: dict) -> str:
+    """The ``baselines`` block: identity, linear, EDMD and MLP beside the KAE (docs/baselines.md)."""
+    b = metrics.get("baselines")
+    if not b:
+        return ""
+    note = (
+        f"<p>Same preprocessing and test split as the KAE. Explained variance: "
+        f"{esc(b.get('explained_variance_rule', '?'))}. Ridges chosen on {esc(b.get('validation', '?'))}; "
+        f"the MLP regressor is fitted for one seed ({esc(b.get('mlp_seed', '?'))}).</p>"
+    )
+    return "<h2>Baselines</h2>" + note + table(BASELINE_HEADERS, baseline_rows(b))
 
 
 def editing_html(metrics: dict) -> str:

@@ -111,10 +111,51 @@ def per_seed_table(metrics: dict) -> Table:
 def timing_line(metrics: dict) -> str:
     """Stage timings as one line."""
     s = metrics.get("timing_s", {})
+    base = f"baselines {num(s['baselines'], '.1f')} s, " if s.get("baselines") is not None else ""
     return (
         f"time: subject {num(s.get('subject', 0), '.1f')} s, KAE {num(s.get('kae', 0), '.1f')} s, "
-        f"total {num(s.get('total', 0), '.1f')} s"
+        f"{base}total {num(s.get('total', 0), '.1f')} s"
     )
+
+
+BASELINE_HEADERS = ["baseline", "top-1", "macro", "agreement", "explained var. z_j", "fit s", "params"]
+
+
+def baseline_rows(block: dict) -> list[list[str]]:
+    """The ``baselines`` block's rows as text (plain, unescaped), KAE last as stored."""
+    rows = []
+    for r in block["rows"]:
+        ev = r.get("explained_variance")
+        fit = r.get("fit_seconds")
+        rows.append(
+            [
+                str(r["name"]) + (f" (seeds {len(r['seeds'])}, mean)" if r.get("seeds") else ""),
+                pct(r["test_top1"]),
+                pct(r["test_macro"]),
+                pct(r.get("agreement")),
+                "-" if ev is None else num(ev, ".4f"),
+                "-" if fit is None else num(fit, ".2f"),
+                "-" if r.get("params") is None else str(int(real(r["params"]))),
+            ]
+        )
+    return rows
+
+
+def baselines_table(metrics: dict) -> Table | None:
+    """The baselines beside the KAE on the run's preprocessing, held-out test split."""
+    block = metrics.get("baselines")
+    if not block:
+        return None
+    table = Table(
+        title=f"baselines on the same preprocessing, held-out {t(block.get('split', 'test'))} split",
+        caption=t(f"explained variance: {block.get('explained_variance_rule', '?')}; ridges chosen on "
+                  f"{block.get('validation', '?')}; MLP one seed ({block.get('mlp_seed', '?')})"),
+    )  # fmt: skip
+    for col in BASELINE_HEADERS:
+        table.add_column(col, justify="left" if col == "baseline" else "right")
+    for row in baseline_rows(block):
+        table.add_row(*(t(c) for c in row))
+    return table
 
 
 EDIT_KEYS = ("target_before", "target_after", "others_before", "others_after")
