@@ -124,3 +124,11 @@ def test_one_cycle_training_resumes_to_the_same_weights(yy_small, tmp_path, monk
     assert len(calls) == 6  # three epochs, then the last three after the resume
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_reproduce_yinyang_presets_use_their_subject_recipes():
+    from koopmanlens.pipeline import yinyang_settings
+
+    assert yinyang_settings(preset="default", test=False)["subject"] == subject_config("yinyang")
+    assert yinyang_settings(preset="paper", test=False)["subject"] == SubjectConfig()
+    assert yinyang_settings(True, "paper", test=False)["subject"] == SubjectConfig(epochs=40)

@@ -496,27 +496,29 @@ YINYANG_PRESETS = ("default", "paper")
 def yinyang_settings(quick: bool = False, preset: str = "default", test: bool = True) -> dict:
     """Data, subject and KAE settings of ``reproduce yinyang``.
 
-    ``preset="default"`` uses our measured KAE defaults (``kae_config("yinyang")``), ``"paper"`` the
-    paper's KAE architecture (``kae_config("yinyang-paper")``). ``quick`` shrinks everything to a
-    smoke test of a few seconds. ``test=False`` leaves the test split unmade (``"test": None``), for
-    the scripts that choose defaults on validation (docs/validation.md).
+    ``preset="default"`` uses our subject recipe and KAE defaults, chosen on validation
+    (``subject_config("yinyang")``, ``kae_config("yinyang")``; docs/validation.md), ``"paper"`` the
+    paper's subject recipe and KAE architecture (``subject_config("yinyang-paper")``,
+    ``kae_config("yinyang-paper")``). ``quick`` shrinks everything to a smoke test of a few seconds.
+    ``test=False`` leaves the test split unmade (``"test": None``), for the scripts that choose
+    defaults on validation.
     """
     if preset not in YINYANG_PRESETS:
         raise InputError(f"unknown Yin-Yang preset {preset!r}; choose one of {list(YINYANG_PRESETS)}")
-    kae_name = "yinyang" if preset == "default" else "yinyang-paper"
+    kae_name = subject_name = "yinyang" if preset == "default" else "yinyang-paper"
     if quick:
         return {
             "train": kdata.yinyang("train", n=1000),
             "val": kdata.yinyang("validation", n=200),
             "test": kdata.yinyang("test", n=1000) if test else None,
-            "subject": subject_config("yinyang", epochs=40),
+            "subject": subject_config(subject_name, epochs=40),
             "kae": kae_config(kae_name, epochs=60, batch_size=256),
         }
     return {
         "train": kdata.yinyang("train"),
         "val": kdata.yinyang("validation"),
         "test": kdata.yinyang("test") if test else None,
-        "subject": subject_config("yinyang"),
+        "subject": subject_config(subject_name),
         "kae": kae_config(kae_name),
     }
 
