@@ -14,6 +14,8 @@ gradient clipping, and a few peak LRs and epoch counts. Each candidate is traine
 
 Rule (written before the run): the highest mean validation top-1 over the seeds; ties go to the
 cheaper candidate (fewer epochs), then to the earlier one in ``CANDIDATES`` (the paper's recipe first).
+Three candidates (round 2) were added after the first nine had been scored on validation, to settle
+whether the ReLU after the addition helps at the best budget and peak LR; the whole grid is re-run.
 
 Everything runs inside ``koopmanlens.data.seal("test")``: loading the test split would fail.
 """
@@ -42,6 +44,11 @@ CANDIDATES: dict[str, dict] = {
     "nobn-relu-lr0.2-e500": {**NO_BN, "out_relu": True, "lr": 0.2},
     "nobn-relu-lr0.1-e300": {**NO_BN, "out_relu": True, "epochs": 300},
     "nobn-relu-lr0.1-e1000": {**NO_BN, "out_relu": True, "epochs": 1000},
+    # round 2, added after round 1 (the candidates above) had been scored: whether the ReLU after the
+    # addition helps at round 1's best budget and peak LR
+    "nobn-norelu-lr0.1-e1000": {**NO_BN, "out_relu": False, "epochs": 1000},
+    "nobn-norelu-lr0.2-e500": {**NO_BN, "out_relu": False, "lr": 0.2},
+    "nobn-relu-lr0.2-e1000": {**NO_BN, "out_relu": True, "lr": 0.2, "epochs": 1000},
 }
 RULE = "highest mean validation top-1; ties: fewer epochs, then the earlier candidate (paper first)"
 

@@ -149,6 +149,7 @@ def test_defaults_are_the_ones_chosen_on_validation():
     import json
 
     from koopmanlens import editing, pipeline
+    from koopmanlens.subject import SubjectConfig, subject_config
 
     results = BENCH / "results"
     yy = json.loads((results / "choose-yinyang.json").read_text())
@@ -159,5 +160,7 @@ def test_defaults_are_the_ones_chosen_on_validation():
     assert yy_mta == yy["chosen_max_target_accuracy"]["max_target_accuracy"]
     assert mn["chosen_max_target_accuracy"]["max_target_accuracy"] == pipeline.MNIST_EDIT_MAX_TARGET_ACCURACY
     assert method["chosen"] == editing.DEFAULT_METHOD
-    for r in (yy, mn):
+    subj = json.loads((results / "choose-yinyang-subject.json").read_text())
+    assert subject_config("yinyang") == SubjectConfig.from_dict(subj["chosen_config"])
+    for r in (yy, mn, subj):
         assert r["test_split"].startswith("sealed")

@@ -144,7 +144,11 @@ class SubjectConfig:
 
 
 SUBJECT_PRESETS: dict[str, SubjectConfig] = {
-    "yinyang": SubjectConfig(),
+    # chosen on validation by benchmarks/choose_yinyang_subject.py (docs/validation.md): no BatchNorm,
+    # SGD with the one-cycle LR peaking at 0.2, 1000 epochs
+    "yinyang": SubjectConfig(
+        epochs=1000, lr=0.2, warmup_frac=0.3, norm="none", out_relu=True, schedule="onecycle"
+    ),
     # METHOD section 2's recipe (BatchNorm, triangular cyclic LR); ``reproduce yinyang --preset paper``
     "yinyang-paper": SubjectConfig(),
     "mnist": SubjectConfig(
