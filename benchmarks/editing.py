@@ -48,7 +48,8 @@ def main() -> None:
             )
         keep = train.y != c
         t = time.perf_counter()
-        net = train_resmlp(train.subset(keep), subject_config("yinyang"), seed=0, progress=False)
+        cfg = getattr(run.network, "config_", None) or subject_config("yinyang")  # the run's own recipe
+        net = train_resmlp(train.subset(keep), cfg, seed=0, progress=False)
         retrain_s = time.perf_counter() - t
         pc = evaluate_classifier(net, test)["per_class"]
         others = [pc[o] for o in range(3) if o != c]

@@ -48,6 +48,27 @@ def test_choose_yinyang_reads_train_and_validation_only(bench, splits_read):
     assert set(r["methods_at_chosen_mta"]) == {"memit", "emmet-kmeans", "emmet"}
 
 
+def test_choose_yinyang_subject_reads_train_and_validation_only(bench, splits_read):
+    mod = bench("choose_yinyang_subject")
+    names = ["paper", "nobn-relu-lr0.1-e300"]
+    r = mod.run(seeds=(0,), quick=True, epochs=2, names=names)
+    assert {s for _, s in splits_read} == {"train", "validation"}
+    assert r["splits"] == {"train": 1000, "validation": 200}
+    assert list(r["candidates"]) == names and r["chosen"] in names
+    assert r["candidates"]["nobn-relu-lr0.1-e300"]["config"]["norm"] == "none"
+
+
+def test_choose_yinyang_subject_rule(bench):
+    choose = bench("choose_yinyang_subject").choose
+
+    def cand(top1, epochs):
+        return {"mean": {"val_top1": top1}, "config": {"epochs": epochs}}
+
+    assert choose({"a": cand(0.98, 500), "b": cand(0.99, 1000), "c": cand(0.985, 300)}) == "b"
+    # a tie: the cheaper, then the earlier
+    assert choose({"a": cand(0.99, 500), "b": cand(0.99, 300), "c": cand(0.99, 300)}) == "b"
+
+
 def test_choose_mnist_edits_reads_train_and_validation_only(bench, splits_read, mnist_dir):
     r = bench("choose_mnist_edits").run(mnist_dir, subset=600, width=16, epochs=2, classes=range(2))
     assert splits_read == [("MNIST", "train-full")]  # carved into train and validation, no test
@@ -128,6 +149,7 @@ def test_defaults_are_the_ones_chosen_on_validation():
     import json
 
     from koopmanlens import editing, pipeline
+    from koopmanlens.subject import SubjectConfig, subject_config
 
     results = BENCH / "results"
     yy = json.loads((results / "choose-yinyang.json").read_text())
@@ -138,5 +160,7 @@ def test_defaults_are_the_ones_chosen_on_validation():
     assert yy_mta == yy["chosen_max_target_accuracy"]["max_target_accuracy"]
     assert mn["chosen_max_target_accuracy"]["max_target_accuracy"] == pipeline.MNIST_EDIT_MAX_TARGET_ACCURACY
     assert method["chosen"] == editing.DEFAULT_METHOD
-    for r in (yy, mn):
+    subj = json.loads((results / "choose-yinyang-subject.json").read_text())
+    assert subject_config("yinyang") == SubjectConfig.from_dict(subj["chosen_config"])
+    for r in (yy, mn, subj):
         assert r["test_split"].startswith("sealed")

@@ -15,9 +15,11 @@ YINYANG_PRESETS = ("default", "paper")
 def yinyang_settings(quick: bool = False, preset: str = "default", test: bool = True) -> dict:
     """Data, subject and KAE settings of ``reproduce yinyang``.
 
-    ``preset="default"`` uses our measured KAE defaults (``kae_config("yinyang")``), ``"paper"`` the
-    paper's KAE architecture (``kae_config("yinyang-paper")``). ``quick`` shrinks everything to a
-    smoke test of a few seconds. ``test=False`` leaves the test split unmade (``"test": None``), for
+    ``preset="default"`` uses our subject recipe and KAE defaults, chosen on validation
+    (``subject_config("yinyang")``, ``kae_config("yinyang")``; docs/validation.md), ``"paper"`` the
+    paper's subject recipe and KAE architecture (``subject_config("yinyang-paper")``,
+    ``kae_config("yinyang-paper")``). ``quick`` shrinks everything to a smoke test of a few seconds.
+    ``test=False`` leaves the test split unmade (``"test": None``), for
     the scripts that choose defaults on validation (docs/validation.md).
     """
     from koopmanlens.experiment import build_data, kae_spec_config, subject_spec_config
@@ -27,7 +29,7 @@ def yinyang_settings(quick: bool = False, preset: str = "default", test: bool = 
         raise InputError(f"unknown Yin-Yang preset {preset!r}; choose one of {list(YINYANG_PRESETS)}")
     spec, _ = load_spec("yinyang-quick" if quick else "yinyang")
     if preset == "paper":
-        spec = spec.replace(**{"kae.preset": "yinyang-paper"})
+        spec = spec.replace(**{"kae.preset": "yinyang-paper", "network.preset": "yinyang-paper"})
     d = build_data(spec, test=test)
     return {**d, "subject": subject_spec_config(spec), "kae": kae_spec_config(spec)}
 
@@ -80,7 +82,7 @@ def reproduce_yinyang(
     name = "yinyang-quick" if quick else ("yinyang-paper" if preset == "paper" else "yinyang")
     spec, _ = load_spec(name)
     if quick and preset == "paper":
-        spec = spec.replace(**{"kae.preset": "yinyang-paper"})
+        spec = spec.replace(**{"kae.preset": "yinyang-paper", "network.preset": "yinyang-paper"})
     spec = spec.replace(seeds=seeds)
     opts = RunOptions(out, device, progress, resume, checkpoint_every, overwrite, report)
     return run_experiment(spec, opts)

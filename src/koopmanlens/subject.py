@@ -1,7 +1,8 @@
 """The subject network (the network under study): the residual MLP of METHOD section 2 and its trainer.
 
-Module names, as :mod:`koopmanlens.capture` sees them: ``input`` (Linear + BatchNorm + ReLU),
-``blocks.0`` ... ``blocks.{B-1}`` (residual blocks), ``head`` (Linear to the classes).
+Module names, as :mod:`koopmanlens.capture` sees them: ``input`` (Linear + BatchNorm + ReLU, or
+Linear + ReLU with ``norm="none"``), ``blocks.0`` ... ``blocks.{B-1}`` (residual blocks), ``head``
+(Linear to the classes).
 """
 
 from __future__ import annotations
@@ -30,31 +31,54 @@ from koopmanlens.training import (
     triangular_lr,
 )
 
+NORMS = ("batch", "none")
+SCHEDULES = ("triangular", "onecycle")
+
 
 class ResidualBlock(nn.Module):
-    """out = ReLU(x + BN2(W2 ReLU(BN1(W1 x)))) (METHOD section 2)."""
+    """``norm="batch"``: out = ReLU(x + BN2(W2 ReLU(BN1(W1 x)))) (METHOD section 2).
+    ``norm="none"``: out = x + W2 ReLU(W1 x). ``out_relu=False`` drops the ReLU after the addition
+    (and ``True`` adds it to the block without norm)."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, norm: str = "batch", out_relu: bool = True) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.out_relu = out_relu
         self.fc1 = nn.Linear(width, width)
-        self.bn1 = nn.BatchNorm1d(width)
+        self.bn1 = nn.BatchNorm1d(width) if norm == "batch" else nn.Identity()
         self.fc2 = nn.Linear(width, width)
-        self.bn2 = nn.BatchNorm1d(width)
+        self.bn2 = nn.BatchNorm1d(width) if norm == "batch" else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.bn1(self.fc1(x)))
-        return torch.relu(x + self.bn2(self.fc2(h)))
+        out = x + self.bn2(self.fc2(h))
+        return torch.relu(out) if self.out_relu else out
 
 
 class ResMLP(nn.Module):
-    """Residual MLP: ``input`` Linear(in -> w) + BN + ReLU, ``blocks`` of residual blocks, ``head``."""
+    """Residual MLP: ``input`` Linear(in -> w) + BN + ReLU (no BN with ``norm="none"``), ``blocks`` of
+    residual blocks (:class:`ResidualBlock`), ``head``."""
 
-    def __init__(self, in_dim: int, width: int, blocks: int, classes: int) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        width: int,
+        blocks: int,
+        classes: int,
+        norm: str = "batch",
+        out_relu: bool = True,
+    ) -> None:
         super().__init__()
         if min(in_dim, width, classes) < 1 or blocks < 0:
             raise InputError("ResMLP needs positive in_dim, width, classes and blocks >= 0")
-        self.input = nn.Sequential(nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU())
-        self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)])
+        if norm not in NORMS:
+            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
+        if norm == "batch":
+            self.input = nn.Sequential(nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.ReLU())
+        else:
+            self.input = nn.Sequential(nn.Linear(in_dim, width), nn.ReLU())
+        self.blocks = nn.Sequential(*[ResidualBlock(width, norm, out_relu) for _ in range(blocks)])
         self.head = nn.Linear(width, classes)
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -71,7 +95,15 @@ class ResMLP(nn.Module):
 
 @dataclass
 class SubjectConfig:
-    """Architecture and training settings of the residual MLP (METHOD section 2)."""
+    """Architecture and training settings of the residual MLP.
+
+    The defaults are METHOD section 2's recipe: BatchNorm, SGD with momentum, the triangular cyclic
+    LR (``warmup_frac`` up, the rest down), gradient-norm clipping at ``clip``. ``norm="none"`` drops
+    BatchNorm (blocks compute x + W2 ReLU(W1 x), then ReLU if ``out_relu``);
+    ``schedule="onecycle"`` uses :class:`torch.optim.lr_scheduler.OneCycleLR` (cosine, peak ``lr``
+    after ``warmup_frac`` of the steps, momentum fixed at ``momentum``); ``clip=None`` does not clip.
+    Configs saved before these options existed load as the paper's recipe.
+    """
 
     in_dim: int = 2
     width: int = 10
@@ -82,9 +114,18 @@ class SubjectConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    clip: float = 1.0
+    clip: float | None = 1.0
     warmup_frac: float = 0.2
     threads: int | None = 1
+    norm: str = "batch"
+    out_relu: bool = True
+    schedule: str = "triangular"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise InputError(f"SubjectConfig.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"SubjectConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,11 +139,17 @@ class SubjectConfig:
         return cls(**d)
 
     def build(self) -> ResMLP:
-        return ResMLP(self.in_dim, self.width, self.blocks, self.classes)
+        return ResMLP(self.in_dim, self.width, self.blocks, self.classes, self.norm, self.out_relu)
 
 
 SUBJECT_PRESETS: dict[str, SubjectConfig] = {
-    "yinyang": SubjectConfig(),
+    # chosen on validation by benchmarks/choose_yinyang_subject.py (docs/validation.md): no BatchNorm,
+    # SGD with the one-cycle LR peaking at 0.2, 1000 epochs
+    "yinyang": SubjectConfig(
+        epochs=1000, lr=0.2, warmup_frac=0.3, norm="none", out_relu=True, schedule="onecycle"
+    ),
+    # METHOD section 2's recipe (BatchNorm, triangular cyclic LR); ``reproduce yinyang --preset paper``
+    "yinyang-paper": SubjectConfig(),
     "mnist": SubjectConfig(
         in_dim=784, width=784, blocks=4, classes=10, epochs=30, batch_size=128, threads=None
     ),
@@ -111,7 +158,8 @@ SUBJECT_PRESETS: dict[str, SubjectConfig] = {
 
 
 def subject_config(preset: str | SubjectConfig, **overrides: object) -> SubjectConfig:
-    """A preset by name (``"yinyang"``, ``"mnist"``) or a config, with fields overridden."""
+    """A preset by name (``"yinyang"``, ``"yinyang-paper"``, ``"mnist"``) or a config, with fields
+    overridden."""
     if isinstance(preset, SubjectConfig):
         base = preset
     elif preset in SUBJECT_PRESETS:
@@ -130,6 +178,83 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class _LRSchedule:
+    """The learning rate of every batch: METHOD's triangular cycle, set by hand before each step, or
+    :class:`torch.optim.lr_scheduler.OneCycleLR` (cosine, ``pct_start = warmup_frac``, fixed momentum),
+    stepped after each optimizer step. Resuming at ``step`` continues the same sequence: the LR itself
+    comes back with the optimizer's param groups, and the scheduler's counter is set to ``step``."""
+
+    def __init__(self, cfg: SubjectConfig, opt: torch.optim.Optimizer, total_steps: int) -> None:
+        self.cfg, self.opt, self.total = cfg, opt, total_steps
+        self.scheduler: torch.optim.lr_scheduler.OneCycleLR | None = None
+        if cfg.schedule == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_frac, cycle_momentum=False
+            )
+
+    def resume(self, step: int) -> None:
+        if self.scheduler is not None:
+            self.scheduler.last_epoch = step
+
+    def before_step(self, step: int) -> float:
+        """Set (triangular) or read (one-cycle) the LR of batch number ``step``."""
+        if self.scheduler is None:
+            lr = triangular_lr(step, self.total, self.cfg.lr, self.cfg.warmup_frac)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            return lr
+        return float(self.opt.param_groups[0]["lr"])
+
+    def after_step(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+
+def _check_subject_data(train: Dataset, cfg: SubjectConfig) -> torch.Tensor:
+    """The flattened inputs, after checking ``train`` fits ``cfg``."""
+    if len(train) < 2:
+        raise InputError(
+            f"train_resmlp needs at least 2 training samples (BatchNorm normalises over a batch of "
+            f"two or more rows), got {len(train)}"
+        )
+    x = train.x.flatten(1)
+    if x.shape[1] != cfg.in_dim:
+        raise InputError(f"data has {x.shape[1]} features but the subject expects {cfg.in_dim}")
+    if train.n_classes > cfg.classes:
+        raise InputError(f"data has {train.n_classes} classes but the subject has {cfg.classes}")
+    return x
+
+
+def _train_epoch(
+    cfg: SubjectConfig,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: _LRSchedule,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: torch.Tensor,
+    step: int,
+) -> tuple[float, float, int]:
+    """One pass over ``x`` in ``order``: (mean loss, last LR, the step counter after it)."""
+    n, lr = len(x), 0.0
+    running = torch.zeros((), device=x.device)
+    for b in range(-(-n // cfg.batch_size)):
+        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        if len(idx) < 2 and cfg.norm == "batch":  # BatchNorm needs two rows
+            continue
+        lr = sched.before_step(step)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        sched.after_step()
+        running += loss.detach() * len(idx)
+        step += 1
+    return float(running) / n, lr, step
+
+
 def train_resmlp(
     train: Dataset,
     preset: str | SubjectConfig = "yinyang",
@@ -141,23 +266,14 @@ def train_resmlp(
     resume: bool = False,
     **overrides: object,
 ) -> ResMLP:
-    """Train the residual MLP on ``train`` with SGD + momentum, the triangular cyclic LR stepped per
-    batch, weight decay on weights only and gradient-norm clipping. Deterministic under ``seed`` on
-    CPU. ``checkpoint`` (a path stem) is written every ``checkpoint_every`` epochs and at the end;
-    with ``resume`` training continues from it to the same result. Returns the network in eval
-    mode with ``train_seconds_`` and ``config_`` attached.
+    """Train the residual MLP on ``train`` with SGD + momentum, the config's LR schedule stepped per
+    batch (triangular cycle or one-cycle), weight decay on weights only and, unless ``clip`` is None,
+    gradient-norm clipping. Deterministic under ``seed`` on CPU. ``checkpoint`` (a path stem) is
+    written every ``checkpoint_every`` epochs and at the end; with ``resume`` training continues from
+    it to the same result. Returns the network in eval mode with ``train_seconds_`` and ``config_``.
     """
     cfg = subject_config(preset, **overrides)
-    if len(train) < 2:
-        raise InputError(
-            f"train_resmlp needs at least 2 training samples (BatchNorm normalises over a batch of "
-            f"two or more rows), got {len(train)}"
-        )
-    x = train.x.flatten(1)
-    if x.shape[1] != cfg.in_dim:
-        raise InputError(f"data has {x.shape[1]} features but the subject expects {cfg.in_dim}")
-    if train.n_classes > cfg.classes:
-        raise InputError(f"data has {train.n_classes} classes but the subject has {cfg.classes}")
+    x = _check_subject_data(train, cfg)
     dev = resolve_device(device)
     start = time.perf_counter()
     with torch_threads(cfg.threads if dev.type == "cpu" else None):
@@ -167,9 +283,7 @@ def train_resmlp(
         opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=0.0, momentum=cfg.momentum)
         gen = make_generator(seed + 1)
         x, y = x.to(dev), train.y.to(dev)
-        n = len(x)
-        steps_per_epoch = -(-n // cfg.batch_size)
-        total = cfg.epochs * steps_per_epoch
+        sched = _LRSchedule(cfg, opt, cfg.epochs * -(-len(x) // cfg.batch_size))
         step, first_epoch = 0, 0
         identity = None
         if checkpoint is not None:
@@ -178,27 +292,12 @@ def train_resmlp(
             restored = load_checkpoint(checkpoint, model, opt, gen, identity)
             if restored is not None:
                 step, first_epoch = int(restored[0]["step"]), int(restored[0]["epoch"]) + 1
-        loss_fn = nn.CrossEntropyLoss()
+                sched.resume(step)
         with progress_bar(progress) as bar:
             task = bar.add_task("subject", total=cfg.epochs, completed=first_epoch, info="")
             for epoch in range(first_epoch, cfg.epochs):
-                order = torch.randperm(n, generator=gen).to(dev)
-                running = torch.zeros((), device=dev)
-                for b in range(steps_per_epoch):
-                    idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                    if len(idx) < 2:  # BatchNorm needs two rows
-                        continue
-                    lr = triangular_lr(step, total, cfg.lr, cfg.warmup_frac)
-                    for group in opt.param_groups:
-                        group["lr"] = lr
-                    loss = loss_fn(model(x[idx]), y[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-                    opt.step()
-                    running += loss.detach() * len(idx)
-                    step += 1
-                mean_loss = float(running) / n
+                order = torch.randperm(len(x), generator=gen).to(dev)
+                mean_loss, lr, step = _train_epoch(cfg, model, opt, sched, x, y, order, step)
                 check_finite_losses({"cross_entropy": mean_loss}, epoch, lr)
                 bar.update(task, advance=1, info=f"loss {mean_loss:.4f}")
                 if checkpoint is not None and (
