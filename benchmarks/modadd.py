@@ -150,6 +150,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-epochs", type=int, default=5000)
     ap.add_argument("--kae-epochs", type=int, default=100)
+    ap.add_argument("--kae-hidden", type=int, default=KAE["hidden"])
+    ap.add_argument("--kae-observables", type=int, default=KAE["observables"])
     ap.add_argument("--cache", default=None)
     ap.add_argument("--forget", type=int, default=0, help="answer residue to unlearn by an operator edit")
     ap.add_argument("--out", default="benchmarks/results/modadd.json")
@@ -164,6 +166,7 @@ def main() -> None:
         "test_accuracy": accuracy(answer_logits(model, splits.test_x), splits.test_y),
     }
     print("network", {k: v for k, v in net.items() if k != "curve"}, flush=True)
+    kae_cfg = {**KAE, "hidden": args.kae_hidden, "observables": args.kae_observables}
     t = time.perf_counter()
     sur = TokenSurrogate.fit(
         model,
@@ -174,7 +177,7 @@ def main() -> None:
         seed=0,
         val=(splits.val_x, None),
         epochs=args.kae_epochs,
-        **KAE,
+        **kae_cfg,
     )
     kae_seconds = time.perf_counter() - t
     mean_j = sur.preprocessor.scaler_j_.mean_.float()
@@ -192,7 +195,7 @@ def main() -> None:
         "positions": [EQUALS_POSITION],
         "splits": {"train": len(splits.train_x), "val": len(splits.val_x), "test": len(splits.test_x)},
         "network": net,
-        "kae_config": {**KAE, "epochs": args.kae_epochs},
+        "kae_config": {**kae_cfg, "epochs": args.kae_epochs},
         "kae_seconds": kae_seconds,
         "kae_best_epoch": sur.kae.best_epoch_,
         "load_average": os.getloadavg(),
