@@ -146,6 +146,38 @@ def edit_block(model, sur, splits, forget: int) -> dict:
     return out
 
 
+def splice_tables(model, sur, splits) -> dict:
+    """``{"val": ..., "test": ...}``: the clean network and each splice (KAE, least squares, skip
+    the MLP, zero and mean ablation) with their LM metrics and scores."""
+    mean_j = sur.preprocessor.scaler_j_.mean_.float()
+    maps = {
+        "kae": sur.kae_map(),
+        "linear": linear_map(model, splits),
+        "skip_mlp": lambda x_i, _x_j: x_i,
+        "zero": constant_map(torch.zeros_like(mean_j)),
+        "mean": constant_map(mean_j),
+    }
+    out = {}
+    for split in ("val", "test"):
+        x, y = getattr(splits, f"{split}_x"), getattr(splits, f"{split}_y")
+        res = compare_row_maps(
+            model,
+            LAYER_I,
+            LAYER_J,
+            maps,
+            x,
+            targets=answer_targets(y),
+            positions=[EQUALS_POSITION],
+            batch_size=2048,
+        )
+        out[split] = {
+            name: {**res[name], **(splice_scores(res, name, ["zero", "mean"]) if name != "clean" else {})}
+            for name in res
+        }
+        print(split, {n: round(r["accuracy"], 4) for n, r in res.items()}, flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-epochs", type=int, default=5000)
@@ -180,14 +212,6 @@ def main() -> None:
         **kae_cfg,
     )
     kae_seconds = time.perf_counter() - t
-    mean_j = sur.preprocessor.scaler_j_.mean_.float()
-    maps = {
-        "kae": sur.kae_map(),
-        "linear": linear_map(model, splits),
-        "skip_mlp": lambda x_i, _x_j: x_i,
-        "zero": constant_map(torch.zeros_like(mean_j)),
-        "mean": constant_map(mean_j),
-    }
     out = {
         "p": P,
         "layer_i": LAYER_I,
@@ -200,24 +224,8 @@ def main() -> None:
         "kae_best_epoch": sur.kae.best_epoch_,
         "load_average": os.getloadavg(),
         "torch_threads": 1,
+        **splice_tables(model, sur, splits),
     }
-    for split in ("val", "test"):
-        x, y = getattr(splits, f"{split}_x"), getattr(splits, f"{split}_y")
-        res = compare_row_maps(
-            model,
-            LAYER_I,
-            LAYER_J,
-            maps,
-            x,
-            targets=answer_targets(y),
-            positions=[EQUALS_POSITION],
-            batch_size=2048,
-        )
-        out[split] = {
-            name: {**res[name], **(splice_scores(res, name, ["zero", "mean"]) if name != "clean" else {})}
-            for name in res
-        }
-        print(split, {n: round(r["accuracy"], 4) for n, r in res.items()}, flush=True)
     out["fourier"] = fourier_block(model, sur)
     print("fourier", {k: v for k, v in out["fourier"].items() if k != "dominant_modes"}, flush=True)
     out["edit"] = edit_block(model, sur, splits, args.forget)
