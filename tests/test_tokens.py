@@ -158,6 +158,10 @@ def test_token_surrogate_fits_and_splices_only_its_positions():
     assert not torch.allclose(logits[last], clean[last])
     rows = sur.token_representations(x, mask)
     assert rows["blocks.0"].shape == (40, 8)  # one row per sequence: its last real token
+    with pytest.raises(InputError, match="per position"):
+        sur.logits(x)  # the whole-output splice of Surrogate would flatten the sequence
+    with pytest.raises(InputError, match="per position"):
+        sur.representations(x)
 
 
 def test_bad_input_one_clear_message_each():

@@ -290,6 +290,17 @@ class TokenSurrogate(Surrogate):
         kae = train_kae(z_i, z_j, preset, seed=seed, val=val_pair, progress=progress, **overrides)
         return cls(network, layer_i, layer_j, pre, kae, positions)
 
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Not per token: :class:`InputError` pointing to :meth:`token_representations` (the
+        whole-output methods of :class:`Surrogate` would flatten the sequence)."""
+        raise InputError("a TokenSurrogate works per position: use token_representations(inputs, mask)")
+
+    def _splice_hooks(self) -> dict[str, Callable]:
+        raise InputError(
+            "a TokenSurrogate splices per position: use token_logits(inputs, mask) or "
+            "koopmanlens.lm_metrics.evaluate_splice"
+        )
+
     def token_representations(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
         """The network's own x_i and x_j rows at the surrogate's positions."""
         return capture_tokens(self.network, inputs, [self.layer_i, self.layer_j], mask, self.positions)
