@@ -48,6 +48,16 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     ("experiment", "koopmanlens.experiment", ["koopmanlens.experiment"]),
     ("runs", "koopmanlens.runs", ["koopmanlens.runs"]),
     (
+        "tokens",
+        "koopmanlens.tokens",
+        [
+            "koopmanlens.tokens",
+            "koopmanlens.lm_metrics",
+            "koopmanlens.testbeds.modadd",
+            "koopmanlens.testbeds.fourier",
+        ],
+    ),
+    (
         "store",
         "koopmanlens.store",
         ["koopmanlens.store", "koopmanlens.moments", "koopmanlens.kae.stream"],
