@@ -23,6 +23,11 @@ WIDTH, ROWS, BATCH = 64, 160_000, 2048
 
 def peak_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    # VmHWM: this process's own peak. ru_maxrss would not do: Linux carries it over fork and exec, so
+    # a child of a big pytest worker would start at the worker's peak and show no growth at all.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -71,7 +71,7 @@ def test_capture_nan_names_layer_and_hooks_removed_on_error():
 
 def test_subject_training_deterministic_and_learns(yy_small, tiny_subject):
     train, _, test = yy_small
-    again = kl.subject.train_resmlp(train, "yinyang", seed=0, progress=False, epochs=60, blocks=3)
+    again = kl.subject.train_resmlp(train, "yinyang-paper", seed=0, progress=False, epochs=60, blocks=3)
     for a, b in zip(tiny_subject.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert evaluate_classifier(tiny_subject, test)["top1"] > 0.8

@@ -43,7 +43,7 @@ def test_builtin_specs_hold_the_presets_reproduce_used():
         "yinyang": (subject_config("yinyang"), kae_config("yinyang"), None),
         "yinyang-paper": (subject_config("yinyang-paper"), kae_config("yinyang-paper"), None),
         "yinyang-quick": (
-            subject_config("yinyang", epochs=40),
+            subject_config("yinyang-paper", epochs=40),
             kae_config("yinyang", epochs=60, batch_size=256),
             None,
         ),

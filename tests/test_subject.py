@@ -134,3 +134,5 @@ def test_reproduce_yinyang_presets_use_their_subject_recipes():
     assert yinyang_settings(preset="default", test=False)["subject"] == subject_config("yinyang")
     assert yinyang_settings(preset="paper", test=False)["subject"] == SubjectConfig()
     assert yinyang_settings(True, "paper", test=False)["subject"] == SubjectConfig(epochs=40)
+    # the smoke test trains the BatchNorm recipe, which converges in its 40 epochs
+    assert yinyang_settings(True, "default", test=False)["subject"] == SubjectConfig(epochs=40)

@@ -166,7 +166,8 @@ def reproduce_mnist(
         raise InputError(f"unknown MNIST preset {preset!r}; choose one of {list(MNIST_PRESETS)}")
     for flag, value in (("--subset", subset), ("--width", width), ("--epochs", kae_epochs)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InputError(f"{flag} must be a whole number >= 1, got {value!r}")
+            what = " of training images" if flag == "--subset" else ""
+            raise InputError(f"{flag} must be a whole number{what} >= 1, got {value!r}")
     spec, _ = load_spec("mnist-fast" if preset == "fast" else "mnist")
     changes: dict = {"seeds": seeds}
     if subset is not None:
