@@ -29,6 +29,7 @@ from koopmanlens.errors import InputError
 from koopmanlens.metrics import agreement, classification_metrics
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.subject import predict_logits
+from koopmanlens.surrogate import splice_hooks
 
 #: Ridge values tried (relative to the mean eigenvalue of the centred Gram; see :func:`ridge_fit`).
 RIDGE_GRID = (0.0, 1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -207,18 +208,7 @@ class SplicedMap:
         return self.preprocessor.inverse_transform_j(self.fn(self.preprocessor.transform_i(x_i)))
 
     def _splice_hooks(self) -> dict[str, Callable]:
-        stash: dict[str, torch.Tensor] = {}
-
-        def at_i(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
-            stash["x_i"] = out.detach()
-
-        def at_j(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
-            if "x_i" not in stash:
-                raise InputError(f"layer {self.layer_j!r} ran before layer {self.layer_i!r}")
-            pred = self.predict_state(stash.pop("x_i").flatten(1))
-            return pred.reshape(out.shape).to(dtype=out.dtype, device=out.device)
-
-        return {self.layer_i: at_i, self.layer_j: at_j}
+        return splice_hooks(self.layer_i, self.layer_j, self.predict_state)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:

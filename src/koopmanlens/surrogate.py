@@ -25,6 +25,27 @@ from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.subject import predict_logits
 
 
+def splice_hooks(
+    layer_i: str, layer_j: str, predict: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, Callable]:
+    """Forward hooks that replace layer j's output by ``predict(x_i)`` (x_i: layer i's output of the
+    same forward pass, flattened to rows), reshaped and cast to what layer j returned."""
+    stash: dict[str, torch.Tensor] = {}
+
+    def at_i(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        stash["x_i"] = out.detach()
+
+    def at_j(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
+        if "x_i" not in stash:
+            raise InputError(
+                f"layer {layer_j!r} ran before layer {layer_i!r}: layer_i must come first in the forward pass"
+            )
+        pred = predict(stash.pop("x_i").flatten(1))
+        return pred.reshape(out.shape).to(dtype=out.dtype, device=out.device)
+
+    return {layer_i: at_i, layer_j: at_j}
+
+
 class Surrogate:
     """A fitted KAE between two named layers of a network, with the preprocessing that links them.
 
@@ -162,25 +183,15 @@ class Surrogate:
         """Hooks that splice the KAE in. The prediction runs on the device of layer i's output (the
         network's): the KAE, preprocessing and operator are placed there once per forward pass
         block (cached by device), so no batch goes through the host."""
-        stash: dict[str, torch.Tensor] = {}
         parts: dict[torch.device, tuple[KoopmanAE, PairPreprocessor, torch.Tensor]] = {}
 
-        def at_i(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
-            stash["x_i"] = out.detach()
-
-        def at_j(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
-            if "x_i" not in stash:
-                raise InputError(
-                    f"layer {self.layer_j!r} ran before layer {self.layer_i!r}: layer_i must come "
-                    "first in the forward pass"
-                )
-            x_i = stash.pop("x_i").flatten(1).float()
+        def predict(x_i: torch.Tensor) -> torch.Tensor:
+            x_i = x_i.float()
             if x_i.device not in parts:
                 parts[x_i.device] = self._parts_on(x_i.device)
-            pred = self._predict_with(x_i, *parts[x_i.device])
-            return pred.reshape(out.shape).to(dtype=out.dtype, device=out.device)
+            return self._predict_with(x_i, *parts[x_i.device])
 
-        return {self.layer_i: at_i, self.layer_j: at_j}
+        return splice_hooks(self.layer_i, self.layer_j, predict)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
