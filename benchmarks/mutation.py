@@ -54,9 +54,9 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
     ),
     "preprocessing.py": (["tests/test_preprocessing.py"], None),
     "topology.py": (["tests/test_topology.py", "tests/test_topology_exact.py"], None),
-    "surrogate.py": (["tests/test_capture_surrogate.py"], None),
-    "edit_solvers.py": (["tests/test_editing.py"], None),
-    "editing.py": (["tests/test_editing.py"], None),
+    "surrogate.py": (["tests/test_capture_surrogate.py", "tests/test_surrogate_exact.py"], None),
+    "edit_solvers.py": (["tests/test_editing.py", "tests/test_alphaedit.py"], None),
+    "editing.py": (["tests/test_editing.py", "tests/test_alphaedit.py"], None),
     "pipeline.py": (
         ["tests/test_evaluation.py"],
         ["x_fit_surrogates__mutmut_", "x_editing_block__mutmut_"],
@@ -144,7 +144,8 @@ def _run_mutmut(
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/src first
     env["PYTHONHASHSEED"] = "0"
     env.setdefault("OMP_NUM_THREADS", "1")  # one core per mutant worker
-    mutmut = shutil.which("mutmut") or "mutmut"
+    beside = Path(sys.executable).with_name("mutmut")  # the venv's, when its bin is not on PATH
+    mutmut = str(beside) if beside.exists() else shutil.which("mutmut") or "mutmut"
     names = list(names or [])
     if prefixes and not names:
         dotted = "koopmanlens." + module.removesuffix(".py").replace("/", ".")
