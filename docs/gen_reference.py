@@ -42,6 +42,7 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     ),
     ("editing", "koopmanlens.editing", ["koopmanlens.editing"]),
     ("edit_solvers", "koopmanlens.edit_solvers", ["koopmanlens.edit_solvers"]),
+    ("baselines", "koopmanlens.baselines", ["koopmanlens.baselines", "koopmanlens.unlearning"]),
     ("topology", "koopmanlens.topology", ["koopmanlens.topology"]),
     ("spectrum", "koopmanlens.spectrum", ["koopmanlens.spectrum"]),
     ("spec", "koopmanlens.spec", ["koopmanlens.spec"]),

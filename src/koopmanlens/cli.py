@@ -87,6 +87,7 @@ def _print_spec(info: dict) -> None:
 def _print_run(metrics: dict, out: Path | None = None) -> None:
     from koopmanlens.report import (
         baselines_table,
+        editing_baselines_table,
         editing_table,
         per_seed_table,
         results_table,
@@ -96,7 +97,8 @@ def _print_run(metrics: dict, out: Path | None = None) -> None:
 
     console.print(results_table(metrics))
     console.print(per_seed_table(metrics))
-    for extra in (baselines_table(metrics), editing_table(metrics), topology_table(metrics)):
+    tables = (baselines_table, editing_table, editing_baselines_table, topology_table)
+    for extra in (make(metrics) for make in tables):
         if extra is not None:
             console.print(extra)
     console.print(timing_line(metrics))

@@ -9,7 +9,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from koopmanlens import editing
@@ -20,6 +19,7 @@ from koopmanlens.ablation import ablate_isometry  # noqa: F401
 from koopmanlens.baseline_stage import add_baselines
 from koopmanlens.capture import capture
 from koopmanlens.data import Dataset
+from koopmanlens.edit_stage import add_edit_baselines, editing_block
 from koopmanlens.errors import InputError
 from koopmanlens.kae import KAEConfig, KoopmanAE, kae_config, train_kae
 from koopmanlens.metrics import mean_sd
@@ -219,6 +219,7 @@ def reproduce(
             topology, progress, edit_method,
         )  # fmt: skip
         add_baselines(metrics, surrogate, kaes, train, val, test, kae, device, progress)
+        add_edit_baselines(metrics, surrogate, kaes, train, val, test, progress)
         metrics["timing_s"]["total"] = time.perf_counter() - t0
         info = {
             "dataset": dataset,
@@ -317,58 +318,3 @@ def _analyses(
         )
         metrics["topology"]["kae_seed"] = min(kaes)
         metrics["timing_s"]["topology"] = time.perf_counter() - t3
-
-
-def editing_block(
-    network: nn.Module,
-    layer_i: str,
-    layer_j: str,
-    pre: PairPreprocessor,
-    kaes: dict[int, KoopmanAE],
-    train: Dataset,
-    test: Dataset,
-    classes: Sequence[int],
-    method: str = editing.DEFAULT_METHOD,
-    progress: bool = False,
-    max_target_accuracy: float = 0.01,
-) -> dict:
-    """Table 1's edit columns: for each class, unlearn it with every seed's KAE and evaluate on
-    ``test``; means and sds over the seeds (the ``editing`` key of metrics.json)."""
-    rows = []
-    cache: dict[int, tuple[torch.Tensor, editing.KeyStats]] = {}
-    with progress_bar(progress) as bar:
-        task = bar.add_task("edit class/seed", total=len(classes) * len(kaes), info="")
-        for c in classes:
-            results = []
-            for seed, kae in sorted(kaes.items()):
-                sur = Surrogate(network, layer_i, layer_j, pre, kae)
-                if seed not in cache:
-                    z = editing.class_observables(sur, train)
-                    cache[seed] = (z, editing.KeyStats.of(z.T))
-                z, stats = cache[seed]
-                edit = editing.unlearn_class(
-                    sur,
-                    train,
-                    c,
-                    method=method,
-                    observables=z,
-                    stats=stats,
-                    max_target_accuracy=max_target_accuracy,
-                )
-                results.append(editing.evaluate_edit(sur, edit, test))
-                bar.update(task, advance=1, info=f"class {c}, seed {seed}")
-            rows.append(_edit_row(c, results))
-    return {"method": method, "split": "test", "max_target_accuracy": max_target_accuracy, "per_class": rows}
-
-
-def _edit_row(c: int, results: list[dict]) -> dict:
-    """One row of the ``editing`` block: means and sds over the seeds' edits of class ``c``."""
-    row: dict = {"forget": c, "into": results[0]["into"], "into_per_seed": [r["into"] for r in results]}
-    for key in ("target_before", "target_after", "others_before", "others_after", "seconds"):
-        ms = mean_sd([r[key] for r in results])
-        row[key], row[key + "_sd"] = ms["mean"], ms["sd"]
-    row["solve_seconds"] = mean_sd([r["diagnostics"].get("solve_seconds", r["seconds"]) for r in results])[
-        "mean"
-    ]
-    row["lam_per_seed"] = [r["diagnostics"].get("lam_auto", [{}])[-1].get("lam") for r in results]
-    return row

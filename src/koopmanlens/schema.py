@@ -170,6 +170,21 @@ class BaselinesBlock(_Model):
     rows: Annotated[list[BaselineRow], Field(min_length=1)]
 
 
+class EditBaselineRow(EditRow):
+    """One row of the ``editing_baselines`` block (docs/baselines.md): an edit method or fine-tuning."""
+
+    method: Name
+    lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    epochs: Annotated[int, Field(ge=1)] | None = None
+
+
+class EditBaselinesBlock(_Model):
+    """AlphaEdit and fine-tuning the layers after j beside the run's edit, on the same classes."""
+
+    split: Name = "test"
+    rows: Annotated[list[EditBaselineRow], Field(min_length=1)]
+
+
 class Metrics(_Model):
     """``metrics.json``: the keys the tables and the report read."""
 
@@ -181,6 +196,7 @@ class Metrics(_Model):
     editing: EditingBlock | None = None
     topology: TopologyBlock | None = None
     baselines: BaselinesBlock | None = None
+    editing_baselines: EditBaselinesBlock | None = None
     timing_s: dict[str, Finite | list[Finite] | None] = Field(default_factory=dict)
 
 

@@ -4,6 +4,7 @@ reads the run folder (metrics, logs, ``views.safetensors``) and computes nothing
 from koopmanlens.report.html import write_report
 from koopmanlens.report.tables import (
     baselines_table,
+    editing_baselines_table,
     editing_table,
     pct,
     pct_sd,
@@ -15,6 +16,7 @@ from koopmanlens.report.tables import (
 
 __all__ = [
     "baselines_table",
+    "editing_baselines_table",
     "editing_table",
     "pct",
     "pct_sd",

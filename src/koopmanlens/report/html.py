@@ -187,6 +187,7 @@ def write_html(
         sections.metrics_html(metrics),
         sections.baselines_html(metrics),
         sections.editing_html(metrics),
+        sections.editing_baselines_html(metrics),
         sections.edits_html(run_dir),
         sections.topology_html(metrics),
         sections.spectrum_html(metrics),

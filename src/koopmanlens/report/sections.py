@@ -14,7 +14,9 @@ from pathlib import Path
 
 from koopmanlens.report.tables import (
     BASELINE_HEADERS,
+    EDIT_BASELINE_HEADERS,
     baseline_rows,
+    edit_baseline_rows,
     fmt_rho,
     num,
     pct,
@@ -114,6 +116,20 @@ def editing_html(metrics: dict) -> str:
     ]
     headers = ["forget", "into", "target before", "target after", "others before", "others after", "ms"]
     return f"<h2>Unlearning by editing the operator ({esc(e['method'])})</h2>" + table(headers, rows)
+
+
+def editing_baselines_html(metrics: dict) -> str:
+    """The ``editing_baselines`` block: AlphaEdit and fine-tuning beside the run's edit."""
+    b = metrics.get("editing_baselines")
+    if not b:
+        return ""
+    note = (
+        "<p>Same classes and test split as the run's edit. Edits: mean (sd) over the seeds; "
+        "fine-tuning the layers after j: one seed, learning rate and epochs chosen on "
+        f"{esc(b.get('validation', '?'))}. Before: the surrogate's accuracy for the edits, the "
+        "network's for fine-tuning.</p>"
+    )
+    return "<h2>Unlearning baselines</h2>" + note + table(EDIT_BASELINE_HEADERS, edit_baseline_rows(b))
 
 
 def topology_html(metrics: dict) -> str:

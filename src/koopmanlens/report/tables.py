@@ -146,14 +146,20 @@ def baselines_table(metrics: dict) -> Table | None:
     block = metrics.get("baselines")
     if not block:
         return None
-    table = Table(
-        title=f"baselines on the same preprocessing, held-out {t(block.get('split', 'test'))} split",
-        caption=t(f"explained variance: {block.get('explained_variance_rule', '?')}; ridges chosen on "
-                  f"{block.get('validation', '?')}; MLP one seed ({block.get('mlp_seed', '?')})"),
+    return text_table(
+        f"baselines on the same preprocessing, held-out {t(block.get('split', 'test'))} split",
+        t(f"explained variance: {block.get('explained_variance_rule', '?')}; ridges chosen on "
+          f"{block.get('validation', '?')}; MLP one seed ({block.get('mlp_seed', '?')})"),
+        BASELINE_HEADERS, baseline_rows(block), left=("baseline",),
     )  # fmt: skip
-    for col in BASELINE_HEADERS:
-        table.add_column(col, justify="left" if col == "baseline" else "right")
-    for row in baseline_rows(block):
+
+
+def text_table(title: str, caption: str, headers: list[str], rows: list[list[str]], left=()) -> Table:
+    """A rich table of plain-text ``rows`` (escaped here); columns right-aligned but ``left``."""
+    table = Table(title=title, caption=caption)
+    for col in headers:
+        table.add_column(col, justify="left" if col in left else "right")
+    for row in rows:
         table.add_row(*(t(c) for c in row))
     return table
 
@@ -185,6 +191,39 @@ def editing_table(metrics: dict) -> Table | None:
             f"{1000 * real(r['seconds']):.1f}",
         )
     return table
+
+
+EDIT_BASELINE_HEADERS = ["forget", "into", "method", "target before", "target after", "others before",
+                         "others after", "seconds", "chosen on validation"]  # fmt: skip
+
+
+def edit_baseline_rows(block: dict) -> list[list[str]]:
+    """The ``editing_baselines`` rows as text: per class, the run's edit, AlphaEdit, fine-tuning."""
+
+    def sd(r: dict, key: str) -> str:
+        return pct(r[key]) + (f" ({pct(r[key + '_sd'])})" if key + "_sd" in r else "")
+
+    rows = []
+    for r in block["rows"]:
+        chosen = f"lr {r['lr']:g}, {r['epochs']} epochs" if r["method"] == "finetune" else "-"
+        rows.append(
+            [str(r["forget"]), str(r["into"]), str(r["method"]), *(sd(r, k) for k in EDIT_KEYS),
+             num(r["seconds"], ".3f"), chosen]
+        )  # fmt: skip
+    return rows
+
+
+def editing_baselines_table(metrics: dict) -> Table | None:
+    """Unlearning baselines beside the run's edit: AlphaEdit and fine-tuning the layers after j."""
+    block = metrics.get("editing_baselines")
+    if not block:
+        return None
+    return text_table(
+        f"unlearning baselines, held-out {t(block.get('split', 'test'))} split",
+        t(f"edits: mean (sd) over the seeds; fine-tuning: one seed, learning rate and epochs chosen on "
+          f"{block.get('validation', '?')}"),
+        EDIT_BASELINE_HEADERS, edit_baseline_rows(block), left=("method", "chosen on validation"),
+    )  # fmt: skip
 
 
 def topology_table(metrics: dict) -> Table | Group | None:
