@@ -23,7 +23,9 @@ from koopmanlens.cli import app
 from koopmanlens.errors import ArtifactError, TrainingDivergedError
 
 runner = CliRunner()
-TIMING_KEYS = {"timing_s", "seconds", "seconds_sd", "solve_seconds", "tuning_seconds", "fit_seconds", "search_seconds"}
+TIMING_KEYS = {
+    "timing_s", "seconds", "seconds_sd", "solve_seconds", "tuning_seconds", "fit_seconds", "search_seconds"
+}  # fmt: skip
 
 
 def strip_timings(obj):

@@ -32,14 +32,13 @@ def _f64(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
     return t
 
 
-def _check_shapes(W: torch.Tensor, K_E: torch.Tensor, V_E: torch.Tensor, K_0: torch.Tensor | None) -> None:
+def _check_shapes(W: torch.Tensor, K_E: torch.Tensor, V_E: torch.Tensor) -> None:
+    """Edit keys and values that fit W (the preserved keys are checked by :func:`_stats`)."""
     d_out, d = W.shape
     if K_E.shape[0] != d:
         raise InputError(f"edit keys have dimension {K_E.shape[0]}, but W takes keys of dimension {d}")
     if V_E.shape != (d_out, K_E.shape[1]):
         raise InputError(f"values must have shape ({d_out}, {K_E.shape[1]}), got {tuple(V_E.shape)}")
-    if K_0 is not None and K_0.shape[0] != d:
-        raise InputError(f"preserved keys have dimension {K_0.shape[0]}, but W takes keys of dimension {d}")
     if K_E.shape[1] == 0:
         raise InputError("no edit keys")
 
@@ -169,7 +168,7 @@ def emmet(
         text under ``diagnostics["warning"]``.
     """
     W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
-    _check_shapes(W, K_E, V_E, None)
+    _check_shapes(W, K_E, V_E)
     K_0 = _stats(K_0, W.shape[1])
     lambdas = {"lambda_mom2": lambda_mom2, "lambda_norm": lambda_norm, "lambda_emmet": lambda_emmet}
     _check_non_negative(lambdas)
@@ -204,7 +203,7 @@ def memit(
     more and memorises less, and its scale does not depend on how many keys there are.
     """
     W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
-    _check_shapes(W, K_E, V_E, None)
+    _check_shapes(W, K_E, V_E)
     K_0 = _stats(K_0, W.shape[1])
     _check_non_negative({"lam": lam, "lambda_norm": lambda_norm})
     C0 = preservation_covariance(K_0, W.shape[1], 1.0, lambda_norm)
@@ -282,7 +281,7 @@ def alphaedit(
     that lets the edit fit the keys' null-space component).
     """
     W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
-    _check_shapes(W, K_E, V_E, None)
+    _check_shapes(W, K_E, V_E)
     K_0 = _stats(K_0, W.shape[1])
     _check_non_negative({"lam": lam})
     if not lam > 0:
