@@ -56,11 +56,19 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
     "preprocessing.py": (["tests/test_preprocessing.py"], None),
     "topology.py": (["tests/test_topology.py", "tests/test_topology_exact.py"], None),
     "surrogate.py": (
-        ["tests/test_capture_surrogate.py", "tests/test_surrogate_exact.py", "tests/test_all_layers.py"],
+        [
+            "tests/test_capture_surrogate.py",
+            "tests/test_surrogate_exact.py",
+            "tests/test_surrogate_wiring.py",
+            "tests/test_all_layers.py",
+        ],
         None,
     ),
-    "edit_solvers.py": (["tests/test_editing.py", "tests/test_alphaedit.py"], None),
-    "editing.py": (["tests/test_editing.py", "tests/test_alphaedit.py"], None),
+    "edit_solvers.py": (
+        ["tests/test_edit_solvers_exact.py", "tests/test_editing.py", "tests/test_alphaedit.py"],
+        None,
+    ),
+    "editing.py": (["tests/test_editing_exact.py", "tests/test_editing.py", "tests/test_alphaedit.py"], None),
     "pipeline.py": (
         ["tests/test_evaluation.py"],
         ["x_fit_surrogates__mutmut_"],
