@@ -145,3 +145,105 @@ def test_auto_lam_walks_the_grid_down_to_the_first_lam_that_forgets(fake_solver)
         lam, info = E._auto_lam(sur, train, 1, None, None, None, None, 0.25, 0.0, 6, 3)
     assert lam == grid[-1] == 0.01 and [t["lam"] for t in info["lam_auto"]] == grid and len(grid) == 16
     assert grid[0] == 1000.0
+
+
+def test_auto_lam_accepts_an_accuracy_equal_to_the_target_and_times_itself(fake_solver):
+    import time
+
+    train = Dataset(torch.zeros(4, 1), torch.tensor([1, 1, 0, 0]))
+    sur = _FakeSurrogate(None, "a", "b", None, None, None)
+    fake_solver.stop = 1e9  # every lam predicts the class: accuracy 1.0
+    start = time.perf_counter()
+    with pytest.warns(UserWarning):
+        lam, info = E._auto_lam(sur, train, 1, None, None, None, None, 0.0, 1.0, 10, 0)
+    assert lam == 1000.0 and len(info["lam_auto"]) == 1  # 1.0 <= 1.0: the first lam is kept
+    assert 0.0 <= info["tuning_seconds"] <= time.perf_counter() - start
+
+
+def test_evaluate_edit_reports_every_field(tiny_surrogate, yy_small):
+    train, _, test = yy_small
+    edit = E.unlearn_class(tiny_surrogate, train, 0, into=1, lam=2.0)
+    out = E.evaluate_edit(tiny_surrogate, edit, test)
+    before, after = tiny_surrogate.evaluate(test), edit.apply(tiny_surrogate).evaluate(test)
+    assert out == {
+        "forget": 0, "into": 1, "method": "memit",
+        "target_before": before["per_class"][0], "target_after": after["per_class"][0],
+        "others_before": (before["per_class"][1] + before["per_class"][2]) / 2,
+        "others_after": (after["per_class"][1] + after["per_class"][2]) / 2,
+        "per_class_before": before["per_class"], "per_class_after": after["per_class"],
+        "seconds": edit.seconds, "diagnostics": edit.diagnostics,
+    }  # fmt: skip
+    wrong = E.Edit(0, 1, "memit", {}, torch.eye(3), torch.eye(3), True)
+    p = tiny_surrogate.kae.observables
+    with pytest.raises(
+        InputError, match=re.escape(f"this edit is for a (3, 3) operator; the surrogate has ({p}, {p})")
+    ):
+        wrong.apply(tiny_surrogate)
+
+
+def test_memit_edit_passes_its_keys_and_ridges_to_the_solver():
+    import time
+
+    g = torch.Generator().manual_seed(0)
+    W, K_E, V_E, K_0 = (
+        torch.randn(*s, generator=g, dtype=torch.float64) for s in [(3, 3), (3, 2), (3, 2), (3, 5)]
+    )
+    start = time.perf_counter()
+    W_new, diag, lam = E._memit_edit(None, None, 0, W, K_E, V_E, K_0, 0.5, {"lambda_norm": 1e-3}, None)
+    want, _ = E.memit(W, K_E, V_E, K_0, lam=0.5, lambda_norm=1e-3)
+    assert lam == 0.5 and torch.equal(W_new, want)
+    assert 0.0 <= diag["solve_seconds"] <= time.perf_counter() - start
+    for bad in (True, "big", None):
+        with pytest.raises(InputError, match=re.escape(f"lam must be a number or 'auto', got {bad!r}")):
+            E._memit_edit(None, None, 0, W, K_E, V_E, K_0, bad, {"lambda_norm": 1e-3}, None)
+
+
+def test_nearest_class_and_class_centroids_known_answers():
+    centroids = torch.tensor([[3.0, 3.0], [-3.0, -3.0], [4.0, 3.0]])
+    assert E.nearest_class(centroids, 0, [0, 1, 2]) == 2
+    assert E.nearest_class(centroids, 1, [0, 1, 2]) == 0
+    out = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 7.0]])
+    got = E._class_centroids(out, torch.tensor([0, 0, 2]))
+    assert torch.equal(got, torch.tensor([[2.0, 3.0], [0.0, 0.0], [5.0, 7.0]]))  # class 1 absent: zeros
+
+
+def test_edit_arguments_are_checked_with_exact_messages():
+    train = Dataset(torch.zeros(4, 1), torch.tensor([0, 1, 0, 1]))
+    ok = {"max_target_accuracy": 0.01, "n_keys": None, "tune_samples": 500}
+    assert E._check_edit_args(train, 0, 1, "memit", **ok) == [0, 1]  # two classes are enough
+    for mta in (0.0, 1.0, 0):
+        E._check_edit_args(train, 0, None, "memit", **{**ok, "max_target_accuracy": mta})
+    E._check_edit_args(train, 0, None, "memit", **{**ok, "n_keys": 1, "tune_samples": 1})
+    cases = [
+        ((0, 5, "memit", ok), "class 5 does not occur in the training data (classes [0, 1])"),
+        ((0, 0, "memit", ok), "into must be a class other than the one to forget"),
+        (
+            (0, None, "memit", {**ok, "max_target_accuracy": 1.5}),
+            "max_target_accuracy must be a fraction in [0, 1], got 1.5",
+        ),
+        ((0, None, "memit", {**ok, "n_keys": 0}), "n_keys must be a whole number >= 1, got 0"),
+        ((0, None, "memit", {**ok, "n_keys": True}), "n_keys must be a whole number >= 1, got True"),
+        (
+            (0, None, "memit", {**ok, "tune_samples": 2.0}),
+            "tune_samples must be a whole number >= 1, got 2.0",
+        ),
+    ]
+    for (forget, into, method, numbers), msg in cases:
+        with pytest.raises(InputError, match="^" + re.escape(msg) + "$"):
+            E._check_edit_args(train, forget, into, method, **numbers)
+    single = Dataset(torch.zeros(2, 1), torch.tensor([0, 0]))
+    msg = "the training data holds only class 0: there is no class to send it to"
+    with pytest.raises(InputError, match="^" + re.escape(msg) + "$"):
+        E._check_edit_args(single, 0, None, "memit", **ok)
+
+
+def test_unlearn_class_defaults_are_the_documented_ones():
+    import inspect
+
+    p = inspect.signature(E.unlearn_class).parameters
+    names = ("method", "lam", "lambda_mom2", "seed", "max_target_accuracy", "tune_samples")
+    assert {k: p[k].default for k in names} == {
+        "method": E.DEFAULT_METHOD, "lam": "auto", "lambda_mom2": 1.0, "seed": 0,
+        "max_target_accuracy": 0.01, "tune_samples": 500,
+    }  # fmt: skip
+    assert E.DEFAULT_METHOD == "memit"
