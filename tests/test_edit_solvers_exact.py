@@ -220,3 +220,27 @@ def test_nullspace_projector_boundaries():
     W, K_E, V_E, _ = _problem(d=2)
     _, diag = E.alphaedit(W, K_E, V_E, keys, nullspace_rtol=0.3)
     assert (diag["nullspace_dim"], diag["nullspace_rtol"]) == (1, 0.3)
+
+
+def test_closed_forms_by_their_formulas():
+    """Each solver against its formula written out here (METHOD section 8; AlphaEdit), with every
+    ridge non-zero and preserved keys present, so each term must be there with its weight."""
+    W, K_E, V_E, K_0 = _problem(d_out=2, d=4, b=3, n=6)
+    n, b, eye = K_0.shape[1], K_E.shape[1], torch.eye(4, dtype=torch.float64)
+    R = V_E - W @ K_E
+    C0 = 0.7 * K_0 @ K_0.T / n + 0.2 * eye
+    D = K_E.T @ torch.linalg.inv(C0) @ K_E + 0.3 * torch.eye(b, dtype=torch.float64)
+    want = W + R @ torch.linalg.inv(D) @ K_E.T @ torch.linalg.inv(C0)
+    got, _ = E.emmet(W, K_E, V_E, K_0, lambda_mom2=0.7, lambda_norm=0.2, lambda_emmet=0.3)
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    A = 0.4 * (K_0 @ K_0.T / n + 0.05 * eye) + K_E @ K_E.T / b
+    want = W + (R @ K_E.T / b) @ torch.linalg.inv(A)
+    got, _ = E.memit(W, K_E, V_E, K_0, lam=0.4, lambda_norm=0.05)
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    K_low = K_0[:, :2]  # preserved keys span 2 of 4 dimensions: a 2-d null space
+    P, dim = E.nullspace_projector(K_low, 4, 1e-8)
+    A = K_E @ K_E.T @ P / b + 0.1 * eye
+    Dp = (R @ K_E.T @ P / b) @ torch.linalg.inv(A)
+    got, _ = E.alphaedit(W, K_E, V_E, K_low, lam=0.1, nullspace_rtol=1e-8)
+    assert dim == 2 and torch.allclose(got, W + Dp @ P, atol=1e-12, rtol=0)
+    assert torch.allclose((got - W) @ K_low, torch.zeros(2, 2, dtype=torch.float64), atol=1e-12)
