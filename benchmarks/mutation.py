@@ -13,9 +13,9 @@ behaviour on every input) are listed with a one-line reason in ``benchmarks/muta
 (mutant id -> reason); the script reads that file, so the list is reviewable. An id listed there that
 mutmut reports killed is an error in the list and is reported.
 
-For ``pipeline.py`` only the evaluation stage is mutated (``fit_surrogates``; ``editing_block`` moved
-to ``edit_stage.py``, ``mean_sd`` to ``metrics.py``): the rest is I/O and orchestration, tested
-elsewhere.
+For ``pipeline.py`` only the evaluation stage is mutated (``fit_surrogates`` and its helpers
+``_kae_pairs``, ``_seed_row``, ``_kae_block``; ``editing_block`` moved to ``edit_stage.py``, ``mean_sd``
+to ``metrics.py``): the rest is I/O and orchestration, tested elsewhere.
 
 Usage::
 
@@ -71,7 +71,12 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
     "editing.py": (["tests/test_editing_exact.py", "tests/test_editing.py", "tests/test_alphaedit.py"], None),
     "pipeline.py": (
         ["tests/test_evaluation.py"],
-        ["x_fit_surrogates__mutmut_"],
+        [
+            "x_fit_surrogates__mutmut_",
+            "x__kae_pairs__mutmut_",
+            "x__seed_row__mutmut_",
+            "x__kae_block__mutmut_",
+        ],
     ),
     # the unlearning tests less the one that makes a whole quick run (the CLI's tables, not the math)
     "edit_stage.py": (["tests/test_evaluation.py", "tests/test_unlearning.py", "-k", "not shows"], None),

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from koopmanlens import editing
@@ -75,13 +76,7 @@ def fit_surrogates(
         (preprocessor, {seed: kae}, the ``kae`` block of metrics.json, seconds per seed).
     """
     cfg = kae_config(kae)
-    reps = capture(network, train.x, [layer_i, layer_j])
-    pre = PairPreprocessor(q).fit(reps[layer_i], reps[layer_j])
-    z_i, z_j = pre.transform(reps[layer_i], reps[layer_j])
-    val_pair = None
-    if val is not None:
-        vreps = capture(network, val.x, [layer_i, layer_j])
-        val_pair = pre.transform(vreps[layer_i], vreps[layer_j])
+    pre, (z_i, z_j), val_pair = _kae_pairs(network, train, val, layer_i, layer_j, q)
     kaes: dict[int, KoopmanAE] = {}
     per_seed, seconds = [], []
     with progress_bar(progress) as bar:
@@ -103,29 +98,50 @@ def fit_surrogates(
             kaes[seed] = model
             ev = Surrogate(network, layer_i, layer_j, pre, model).evaluate(test)
             seconds.append(model.train_seconds_)
-            per_seed.append(
-                {
-                    "seed": seed,
-                    "test_top1": ev["top1"],
-                    "test_macro": ev["macro"],
-                    "agreement": ev["agreement"],
-                    "test_per_class": ev["per_class"],
-                    "best_epoch": model.best_epoch_,
-                    "final_train_state_loss": next(
-                        r["state"] for r in reversed(model.history_) if not r.get("rollback")
-                    ),
-                    "rollbacks": model.rollbacks_,
-                }
-            )
+            per_seed.append(_seed_row(seed, model, ev))
             bar.update(task, advance=1, info=f"seed {seed}: top-1 {100 * ev['top1']:.2f}")
-    block = {
+    return pre, kaes, _kae_block(seeds, per_seed), seconds
+
+
+def _kae_pairs(
+    network: nn.Module, train: Dataset, val: Dataset | None, layer_i: str, layer_j: str, q: int | None
+) -> tuple[PairPreprocessor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+    """The preprocessing fitted on the training split's (x_i, x_j), and the preprocessed pairs the
+    KAEs learn from: the training split's, and the validation split's (``None`` without ``val``)."""
+    reps = capture(network, train.x, [layer_i, layer_j])
+    pre = PairPreprocessor(q).fit(reps[layer_i], reps[layer_j])
+    train_pair = pre.transform(reps[layer_i], reps[layer_j])
+    val_pair = None
+    if val is not None:
+        vreps = capture(network, val.x, [layer_i, layer_j])
+        val_pair = pre.transform(vreps[layer_i], vreps[layer_j])
+    return pre, train_pair, val_pair
+
+
+def _seed_row(seed: int, model: KoopmanAE, ev: dict) -> dict:
+    """One seed's row of the ``kae`` block: the test numbers of its spliced surrogate (``ev``) and
+    the KAE's training record (the last state loss of an epoch that was not rolled back)."""
+    return {
+        "seed": seed,
+        "test_top1": ev["top1"],
+        "test_macro": ev["macro"],
+        "agreement": ev["agreement"],
+        "test_per_class": ev["per_class"],
+        "best_epoch": model.best_epoch_,
+        "final_train_state_loss": next(r["state"] for r in reversed(model.history_) if not r.get("rollback")),
+        "rollbacks": model.rollbacks_,
+    }
+
+
+def _kae_block(seeds: Sequence[int], per_seed: list[dict]) -> dict:
+    """The ``kae`` block of metrics.json: the seeds' test numbers as mean and sd, and each seed's row."""
+    return {
         "seeds": list(seeds),
         "test_top1": mean_sd([r["test_top1"] for r in per_seed]),
         "test_macro": mean_sd([r["test_macro"] for r in per_seed]),
         "agreement": mean_sd([r["agreement"] for r in per_seed]),
         "per_seed": per_seed,
     }
-    return pre, kaes, block, seconds
 
 
 def reproduce(
