@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -188,74 +189,113 @@ def reproduce(
     if (network is None) == (subject is None):
         raise InputError("reproduce needs either a subject config to train or a trained network")
     with open_new_run(out, experiment, overwrite=overwrite, resume=resume) as (out, run_id):
-        ckdir = out / "checkpoints"
+        how = _Training(device, progress, out / "checkpoints", checkpoint_every, resume)
         t0 = time.perf_counter()
-        if network is None:
-            network = train_resmlp(
-                train,
-                subject,
-                seed=subject_seed,
-                device=device,
-                progress=progress,
-                checkpoint=ckdir / "subject",
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-            )
-        else:
-            network = network.to(resolve_device(device)).eval()
-        # the network stays on ``device``: capture, evaluation, the spliced surrogate and the edits
-        # run there; it returns to the CPU before the views and the artifacts are written
-        t_subject = time.perf_counter() - t0
-        layer_j = layer_j or _last_layer(network)
-        t1 = time.perf_counter()
-        pre, kaes, kae_block, kae_seconds = fit_surrogates(
-            network,
-            train,
-            test,
-            layer_i,
-            layer_j,
-            kae,
-            range(seeds),
-            val=val,
-            q=q,
-            device=device,
-            progress=progress,
-            checkpoint_dir=ckdir,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-        )
-        t_kae = time.perf_counter() - t1
-        metrics = _base_metrics(
-            dataset, network, train, test, layer_i, layer_j, kae_block, experiment, device
-        )
-        metrics["timing_s"] = {"subject": t_subject, "kae": t_kae, "kae_per_seed": kae_seconds}
-        surrogate = Surrogate(network, layer_i, layer_j, pre, kaes[min(kaes)])
-        _analyses(
-            metrics, network, surrogate, kaes, train, test, edit_classes, edit_max_target_accuracy,
-            topology, progress, edit_method,
+        surrogate, pre, kaes, metrics = _fit_stage(
+            dataset, network, subject, subject_seed, train, val, test, kae, seeds, layer_i, layer_j, q,
+            experiment, how,
         )  # fmt: skip
-        add_baselines(metrics, surrogate, kaes, train, val, test, kae, device, progress)
-        add_edit_baselines(metrics, surrogate, kaes, train, val, test, progress)
+        _analyses(
+            metrics, surrogate, kaes, train, val, test, kae, edit_classes, edit_max_target_accuracy,
+            topology, edit_method, how,
+        )  # fmt: skip
         metrics["timing_s"]["total"] = time.perf_counter() - t0
-        info = {
-            "dataset": dataset,
-            "layer_i": layer_i,
-            "layer_j": layer_j,
-            "class_names": list(test.class_names),
-            **(extra_info or {}),
-        }
-        network.cpu()
-        if report:
-            write_views(
-                out, network, surrogate, train, test, forget=edit_classes[0] if edit_classes else None
-            )
-        write_run_files(out, network, pre, kaes, metrics, info, run_id, experiment)
-        shutil.rmtree(ckdir, ignore_errors=True)
-        if report:
-            from koopmanlens.report import write_report
-
-            write_report(out, progress=progress)
+        _write_run(
+            out, run_id, experiment, surrogate, pre, kaes, metrics, train, test, dataset, extra_info,
+            edit_classes, report, progress,
+        )  # fmt: skip
     return metrics
+
+
+@dataclass(frozen=True)
+class _Training:
+    """How a run trains its networks (none of it changes what is computed): on ``device``, with
+    progress bars or not, checkpointed under ``checkpoints`` every ``every`` epochs, and resumed
+    from those checkpoints or not."""
+
+    device: str | None
+    progress: bool
+    checkpoints: Path
+    every: int
+    resume: bool
+
+
+def _subject_network(
+    network: nn.Module | None, subject: SubjectConfig | None, train: Dataset, seed: int, how: _Training
+) -> nn.Module:
+    """The network to study, on ``how.device`` in eval mode: ``network``, or a ResMLP trained on
+    ``train`` from ``subject`` (checkpointed as ``checkpoints/subject``)."""
+    if network is not None:
+        return network.to(resolve_device(how.device)).eval()
+    return train_resmlp(
+        train,
+        subject,
+        seed=seed,
+        device=how.device,
+        progress=how.progress,
+        checkpoint=how.checkpoints / "subject",
+        checkpoint_every=how.every,
+        resume=how.resume,
+    )
+
+
+def _fit_stage(
+    dataset: str, network: nn.Module | None, subject: SubjectConfig | None, subject_seed: int,
+    train: Dataset, val: Dataset | None, test: Dataset, kae: KAEConfig, seeds: int, layer_i: str,
+    layer_j: str | None, q: int | None, experiment: dict, how: _Training,
+) -> tuple[Surrogate, PairPreprocessor, dict[int, KoopmanAE], dict]:  # fmt: skip
+    """Train the subject (or take ``network``), fit the KAEs of seeds 0..``seeds``-1 and evaluate
+    both on the test split.
+
+    Returns:
+        (the surrogate of the first seed, whose ``network`` is the subject; the preprocessing;
+        {seed: kae}; the metrics so far: every block but the analyses, with their timings).
+    """
+    t0 = time.perf_counter()
+    network = _subject_network(network, subject, train, subject_seed, how)
+    # the network stays on ``device``: capture, evaluation, the spliced surrogate and the edits
+    # run there; it returns to the CPU before the views and the artifacts are written
+    t_subject = time.perf_counter() - t0
+    layer_j = layer_j or _last_layer(network)
+    t1 = time.perf_counter()
+    pre, kaes, kae_block, kae_seconds = fit_surrogates(
+        network, train, test, layer_i, layer_j, kae, range(seeds), val=val, q=q, device=how.device,
+        progress=how.progress, checkpoint_dir=how.checkpoints, checkpoint_every=how.every,
+        resume=how.resume,
+    )  # fmt: skip
+    t_kae = time.perf_counter() - t1
+    metrics = _base_metrics(
+        dataset, network, train, test, layer_i, layer_j, kae_block, experiment, how.device
+    )
+    metrics["timing_s"] = {"subject": t_subject, "kae": t_kae, "kae_per_seed": kae_seconds}
+    return Surrogate(network, layer_i, layer_j, pre, kaes[min(kaes)]), pre, kaes, metrics
+
+
+def _write_run(
+    out: Path, run_id: str, experiment: dict, surrogate: Surrogate, pre: PairPreprocessor,
+    kaes: dict[int, KoopmanAE], metrics: dict, train: Dataset, test: Dataset, dataset: str,
+    extra_info: dict | None, edit_classes: Sequence[int], report: bool, progress: bool,
+) -> None:  # fmt: skip
+    """Write the run folder, with the subject back on the CPU: the views (with ``report``), the
+    artifacts, metrics.json and the complete run.json; then the checkpoints go and, with ``report``,
+    the figures and report.html are written."""
+    network = surrogate.network
+    info = {
+        "dataset": dataset,
+        "layer_i": surrogate.layer_i,
+        "layer_j": surrogate.layer_j,
+        "class_names": list(test.class_names),
+        **(extra_info or {}),
+    }
+    network.cpu()
+    if report:
+        write_views(out, network, surrogate, train, test, forget=edit_classes[0] if edit_classes else None)
+    write_run_files(out, network, pre, kaes, metrics, info, run_id, experiment)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if report:
+        from koopmanlens.report import write_report
+
+        write_report(out, progress=progress)
 
 
 def _last_layer(network: nn.Module) -> str:
@@ -298,19 +338,13 @@ def _base_metrics(
 
 
 def _analyses(
-    metrics: dict,
-    network: nn.Module,
-    surrogate: Surrogate,
-    kaes: dict[int, KoopmanAE],
-    train: Dataset,
-    test: Dataset,
-    edit_classes: Sequence[int],
-    edit_max_target_accuracy: float,
-    topology: bool,
-    progress: bool = False,
-    edit_method: str = editing.DEFAULT_METHOD,
-) -> None:
-    """The editing and topology blocks of ``metrics`` (in place), with their timings."""
+    metrics: dict, surrogate: Surrogate, kaes: dict[int, KoopmanAE], train: Dataset, val: Dataset | None,
+    test: Dataset, kae: KAEConfig, edit_classes: Sequence[int], edit_max_target_accuracy: float,
+    topology: bool, edit_method: str, how: _Training,
+) -> None:  # fmt: skip
+    """The editing, topology, baselines and editing-baselines blocks of ``metrics`` (in place), the
+    first two with their timings."""
+    network, progress = surrogate.network, how.progress
     if edit_classes:
         t2 = time.perf_counter()
         metrics["editing"] = editing_block(
@@ -334,3 +368,5 @@ def _analyses(
         )
         metrics["topology"]["kae_seed"] = min(kaes)
         metrics["timing_s"]["topology"] = time.perf_counter() - t3
+    add_baselines(metrics, surrogate, kaes, train, val, test, kae, how.device, progress)
+    add_edit_baselines(metrics, surrogate, kaes, train, val, test, progress)
