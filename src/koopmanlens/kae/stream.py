@@ -20,12 +20,11 @@ import torch
 
 from koopmanlens.edit_solvers import KeyStats
 from koopmanlens.errors import InputError
-from koopmanlens.kae.epoch import EpochLedger, run_epoch
 from koopmanlens.kae.model import KoopmanAE
-from koopmanlens.kae.trainer import KAEConfig, _check_pair, kae_config, param_groups
+from koopmanlens.kae.trainer import KAEConfig, _check_pair, _Fit, _session, kae_config
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.store import ActivationStore
-from koopmanlens.training import make_generator, progress_bar, resolve_device, seeded, torch_threads
+from koopmanlens.training import resolve_device
 
 if TYPE_CHECKING:
     from koopmanlens.surrogate import Surrogate
@@ -93,32 +92,17 @@ def train_kae_stream(
         _check_pair(val[0], val[1], "validation data")
     dev = resolve_device(device)
     start = time.perf_counter()
-    log = open(log_path, "w") if log_path is not None else None  # noqa: SIM115
-    try:
-        with torch_threads(cfg.threads if dev.type == "cpu" else None), progress_bar(progress) as bar:
-            with seeded(seed):
-                model = KoopmanAE(
-                    preprocessor.dim_, cfg.hidden, cfg.observables, cfg.k, expm_method=cfg.expm_method
-                )
-            model.to(dev).train()
-            opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-            gen = make_generator(seed + 1)
-            vi_vj = (val[0].float().to(dev), val[1].float().to(dev)) if val is not None else None
-            task = bar.add_task(f"KAE seed {seed} (store)", total=cfg.epochs, completed=0, info="")
-            ledger = EpochLedger(cfg, vi_vj, log, bar, task)
-            bs = min(cfg.batch_size, n)
-            total, step = cfg.epochs * max(1, n // bs), 0
-            ledger.start(model, opt)
-            for epoch in range(cfg.epochs):
-                epoch_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-                batches = _epoch_batches(store, preprocessor, bs, shuffle, epoch_seed, buffer_rows, dev)
-                sums, step, lr = run_epoch(model, opt, cfg, batches, step, total, ledger.guard["lr_scale"])
-                if ledger.close(model, opt, sums, epoch, lr):
-                    ledger.snapshot(model, opt)
-    finally:
-        if log is not None:
-            log.close()
-    return ledger.finish(model, dev, time.perf_counter() - start)
+    with _session(cfg, dev, progress, log_path) as (bar, log):
+        fit = _Fit.begin(cfg, preprocessor.dim_, seed, dev, val, log, bar, f"KAE seed {seed} (store)")
+        bs = min(cfg.batch_size, n)
+        total = cfg.epochs * max(1, n // bs)
+        fit.ledger.start(fit.model, fit.opt)
+        for epoch in range(cfg.epochs):
+            epoch_seed = int(torch.randint(0, 2**62, (1,), generator=fit.gen))
+            batches = _epoch_batches(store, preprocessor, bs, shuffle, epoch_seed, buffer_rows, dev)
+            if fit.epoch(batches, total, epoch):
+                fit.ledger.snapshot(fit.model, fit.opt)
+    return fit.ledger.finish(fit.model, dev, time.perf_counter() - start)
 
 
 @torch.no_grad()

@@ -3,19 +3,22 @@ the four weighted losses, per-epoch JSON-lines log, divergence checks, best-on-v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import torch
 
 from koopmanlens.errors import InputError
-from koopmanlens.io import tensor_digest
+from koopmanlens.kae.checkpoint import TrainingCheckpoint, training_checkpoint
 from koopmanlens.kae.epoch import (
     ALL_TERMS,
     LOSS_TERMS,
+    Batch,
     EpochLedger,
     kae_losses,
     run_epoch,
@@ -26,14 +29,15 @@ from koopmanlens.kae.losses import REDUCTIONS
 from koopmanlens.kae.model import KoopmanAE
 from koopmanlens.training import (
     PRECISIONS,
-    load_checkpoint,
     make_generator,
     progress_bar,
     resolve_device,
-    save_checkpoint,
     seeded,
     torch_threads,
 )
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 __all__ = [
     "ALL_TERMS",
@@ -163,10 +167,6 @@ def kae_config(preset: str | KAEConfig, **overrides: object) -> KAEConfig:
     return dataclasses.replace(base, **overrides)
 
 
-def _finite_or_none(v: float) -> float | None:
-    return v if v != float("inf") else None
-
-
 def _check_pair(z_i: torch.Tensor, z_j: torch.Tensor, what: str) -> None:
     if z_i.ndim != 2 or z_j.ndim != 2:
         raise InputError(f"{what}: x_i and x_j must be 2-D (n, features)")
@@ -196,17 +196,6 @@ def param_groups(model: KoopmanAE, cfg: KAEConfig) -> list[dict]:
         {"params": [model.generator], "weight_decay": g_decay},
         {"params": rest, "weight_decay": 0.0},
     ]
-
-
-def _identity(seed: int, cfg: KAEConfig, x_i, x_j, val, waypoints) -> dict:
-    """What a KAE training is, for checkpoints: seed, config and digests of its data."""
-    return {
-        "seed": seed,
-        "config": cfg.to_dict(),
-        "data": tensor_digest(x_i, x_j),
-        "val": None if val is None else tensor_digest(*val),
-        "waypoints": None if waypoints is None else [list(waypoints[0]), tensor_digest(waypoints[1])],
-    }
 
 
 def train_kae(
@@ -254,57 +243,122 @@ def train_kae(
         TrainingDivergedError: a loss term became NaN or inf (names the term and the epoch).
     """
     cfg = kae_config(preset, **overrides)
+    x_i, x_j = _training_pairs(x_i, x_j, val)
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    with _session(cfg, dev, progress, log_path) as (bar, log):
+        xi, xj = x_i.to(dev), x_j.to(dev)
+        wp = _waypoints(waypoints, xi, cfg.k, dev)
+        fit = _Fit.begin(cfg, xi.shape[1], seed, dev, val, log, bar, f"KAE seed {seed}")
+        ck = training_checkpoint(checkpoint, checkpoint_every, seed, cfg, x_i, x_j, val, waypoints)
+        _fit_in_memory(fit, xi, xj, wp, shuffle, dev, ck, resume)
+    return fit.ledger.finish(fit.model, dev, time.perf_counter() - start)
+
+
+def _training_pairs(
+    x_i: torch.Tensor, x_j: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training pairs as float tensors, checked (2-D, same rows and width, finite, at least two),
+    with the validation pairs checked too."""
     x_i, x_j = torch.as_tensor(x_i).float(), torch.as_tensor(x_j).float()
     _check_pair(x_i, x_j, "training data")
     if len(x_i) < 2:
         raise InputError("need at least 2 training pairs")
     if val is not None:
         _check_pair(val[0], val[1], "validation data")
-    dev = resolve_device(device)
-    start = time.perf_counter()
+    return x_i, x_j
+
+
+@contextlib.contextmanager
+def _session(
+    cfg: KAEConfig, dev: torch.device, progress: bool, log_path: str | Path | None
+) -> Iterator[tuple[Progress, IO[str] | None]]:
+    """The block one training runs in: ``cfg.threads`` intra-op threads on a CPU, a progress bar,
+    and the per-epoch log file (``None`` without ``log_path``), closed however the block ends."""
     log = open(log_path, "w") if log_path is not None else None  # noqa: SIM115
     try:
         with torch_threads(cfg.threads if dev.type == "cpu" else None), progress_bar(progress) as bar:
-            with seeded(seed):
-                model = KoopmanAE(
-                    x_i.shape[1], cfg.hidden, cfg.observables, cfg.k, expm_method=cfg.expm_method
-                )
-            model.to(dev).train()
-            opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-            gen = make_generator(seed + 1)
-            xi, xj = x_i.to(dev), x_j.to(dev)
-            wp_steps, wp_targets = _waypoints(waypoints, xi, cfg.k, dev)
-            vi_vj = (val[0].float().to(dev), val[1].float().to(dev)) if val is not None else None
-            task = bar.add_task(f"KAE seed {seed}", total=cfg.epochs, completed=0, info="")
-            ledger = EpochLedger(cfg, vi_vj, log, bar, task)
-            n = len(xi)
-            bs = min(cfg.batch_size, n)
-            steps_per_epoch = max(1, n // bs)  # drop the ragged last batch
-            total = cfg.epochs * steps_per_epoch
-            step, first_epoch = 0, 0
-            identity = None if checkpoint is None else _identity(seed, cfg, x_i, x_j, val, waypoints)
-            if checkpoint is not None and resume:
-                step, first_epoch = _resume(checkpoint, model, opt, gen, identity, ledger, dev)
-                bar.update(task, completed=first_epoch)
-            ledger.start(model, opt)
-            for epoch in range(first_epoch, cfg.epochs):
-                order = (torch.randperm(n, generator=gen) if shuffle else torch.arange(n)).to(dev)
-                idxs = (order[b * bs : (b + 1) * bs] for b in range(steps_per_epoch))
-                batches = (
-                    (xi[i], xj[i], None if wp_targets is None else (wp_steps, wp_targets[:, i])) for i in idxs
-                )
-                sums, step, lr = run_epoch(model, opt, cfg, batches, step, total, ledger.guard["lr_scale"])
-                if not ledger.close(model, opt, sums, epoch, lr):
-                    continue
-                if checkpoint is not None and (
-                    (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1
-                ):
-                    _save(checkpoint, model, opt, gen, epoch, step, ledger, seed, identity)
-                ledger.snapshot(model, opt)
+            yield bar, log
     finally:
         if log is not None:
             log.close()
-    return ledger.finish(model, dev, time.perf_counter() - start)
+
+
+@dataclass
+class _Fit:
+    """A KAE being trained, as both trainers (in memory, and from a store in
+    :mod:`koopmanlens.kae.stream`) drive it: the model, its optimiser, the generator of the batch
+    order, the ledger of its epochs, and the optimisation steps taken."""
+
+    cfg: KAEConfig
+    model: KoopmanAE
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    ledger: EpochLedger
+    step: int = 0
+
+    @classmethod
+    def begin(
+        cls,
+        cfg: KAEConfig,
+        dim: int,
+        seed: int,
+        dev: torch.device,
+        val: tuple[torch.Tensor, torch.Tensor] | None,
+        log: IO[str] | None,
+        bar: Progress,
+        label: str,
+    ) -> _Fit:
+        """A new KAE on ``dev`` in training mode, initialised under ``seed``; its AdamW; the batch-order
+        generator seeded by ``seed + 1``; a ledger validating on ``val`` and a progress task ``label``."""
+        with seeded(seed):
+            model = KoopmanAE(dim, cfg.hidden, cfg.observables, cfg.k, expm_method=cfg.expm_method)
+        model.to(dev).train()
+        opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+        gen = make_generator(seed + 1)
+        vi_vj = (val[0].float().to(dev), val[1].float().to(dev)) if val is not None else None
+        task = bar.add_task(label, total=cfg.epochs, completed=0, info="")
+        return cls(cfg, model, opt, gen, EpochLedger(cfg, vi_vj, log, bar, task))
+
+    def epoch(self, batches: Iterable[Batch], total: int, epoch: int) -> bool:
+        """Run epoch ``epoch`` over ``batches`` (``total``: steps of the whole training, for the
+        learning-rate schedule) and record it; False when the divergence guard undid it."""
+        sums, self.step, lr = run_epoch(
+            self.model, self.opt, self.cfg, batches, self.step, total, self.ledger.guard["lr_scale"]
+        )
+        return self.ledger.close(self.model, self.opt, sums, epoch, lr)
+
+
+def _fit_in_memory(
+    fit: _Fit,
+    xi: torch.Tensor,
+    xj: torch.Tensor,
+    wp: tuple[list[int] | None, torch.Tensor | None],
+    shuffle: bool,
+    dev: torch.device,
+    ck: TrainingCheckpoint | None,
+    resume: bool,
+) -> None:
+    """Train ``fit`` on the pairs (``xi``, ``xj``) held on ``dev``, batch by batch, for the epochs
+    left: from the checkpoint ``ck`` with ``resume``, saved to it as configured."""
+    cfg, n = fit.cfg, len(xi)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = max(1, n // bs)  # drop the ragged last batch
+    total = cfg.epochs * steps_per_epoch
+    first_epoch = 0
+    if ck is not None and resume:
+        fit.step, first_epoch = ck.restore(fit.model, fit.opt, fit.gen, fit.ledger, dev)
+        fit.ledger.bar.update(fit.ledger.task, completed=first_epoch)
+    fit.ledger.start(fit.model, fit.opt)
+    for epoch in range(first_epoch, cfg.epochs):
+        order = (torch.randperm(n, generator=fit.gen) if shuffle else torch.arange(n)).to(dev)
+        idxs = (order[b * bs : (b + 1) * bs] for b in range(steps_per_epoch))
+        batches = ((xi[i], xj[i], None if wp[1] is None else (wp[0], wp[1][:, i])) for i in idxs)
+        if not fit.epoch(batches, total, epoch):
+            continue
+        if ck is not None and ck.due(epoch, cfg.epochs):
+            ck.save(fit.model, fit.opt, fit.gen, fit.ledger, epoch, fit.step)
+        fit.ledger.snapshot(fit.model, fit.opt)
 
 
 def _waypoints(
@@ -323,37 +377,3 @@ def _waypoints(
     if any(not 0 <= v <= k for v in wp_steps):
         raise InputError(f"waypoint steps must lie in [0, {k}], got {wp_steps}")
     return wp_steps, wp_targets
-
-
-def _resume(checkpoint, model, opt, gen, identity, ledger: EpochLedger, dev) -> tuple[int, int]:
-    """Restore a checkpoint into the model, optimizer, generator and ledger; (step, first epoch)."""
-    restored = load_checkpoint(checkpoint, model, opt, gen, identity)
-    if restored is None:
-        return 0, 0
-    meta, extras = restored
-    ledger.history = list(meta.get("history", []))
-    ledger.guard.update(meta.get("guard", {}))
-    if ledger.guard["min_state"] is None:  # saved as null before any epoch was accepted
-        ledger.guard["min_state"] = float("inf")
-    if meta.get("best_epoch", -1) >= 0:
-        best_state = {k[5:]: v.to(dev) for k, v in extras.items() if k.startswith("best.")}
-        ledger.best = (float(meta["best_val"]), best_state, int(meta["best_epoch"]))
-    if ledger.log is not None:
-        ledger.log.writelines(json.dumps(r) + "\n" for r in ledger.history)
-    return int(meta["step"]), int(meta["epoch"]) + 1
-
-
-def _save(
-    checkpoint, model, opt, gen, epoch: int, step: int, ledger: EpochLedger, seed: int, identity
-) -> None:
-    best, guard = ledger.best, ledger.guard
-    extra = {
-        "history": ledger.history,
-        "best_val": best[0] if best[1] is not None else None,
-        "best_epoch": best[2],
-        "seed": seed,
-        "config": ledger.cfg.to_dict(),
-        "guard": {**guard, "min_state": _finite_or_none(guard["min_state"])},
-    }
-    extra_t = {f"best.{k}": v for k, v in (best[1] or {}).items()}
-    save_checkpoint(checkpoint, model, opt, gen, epoch, step, extra, extra_t, identity)
