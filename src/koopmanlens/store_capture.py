@@ -187,24 +187,55 @@ def capture_to_store(
         writer = _ShardWriter(folder, manifest, digest, lambda n: bar.update(task, advance=n))
         for x, y in _input_batches(data_x, batch_size):
             start, seen = seen, seen + len(x)
-            skip = min(len(x), max(0, done - start))
-            if skip:
-                digest.update(x[:skip], None if y is None else y[:skip])
-                if start + skip == done and digest.hexdigest() != manifest["source_digest"]:
-                    raise ArtifactError(f"{folder} was captured from other inputs than these; cannot resume")
-                if skip == len(x):
-                    continue
-            reps = capture(model, x, [layer_i, layer_j], batch_size=len(x))
-            part = {"x_i": reps[layer_i], "x_j": reps[layer_j]}
-            if y is not None:
-                part["y"] = y.long()
+            skip = _skip_stored(x, y, start, done, digest, manifest, folder)
+            if skip and skip == len(x):  # all stored already (an empty batch is still captured)
+                continue
+            part = _captured(model, x, y, layer_i, layer_j)
             _describe(manifest, part, y is not None)
             writer.add({k: v[skip:] for k, v in part.items()}, x[skip:], None if y is None else y[skip:])
         writer.flush()
+    _finish(folder, manifest, seen, done)
+    return ActivationStore(folder, layer_i, layer_j)
+
+
+def _skip_stored(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    start: int,
+    done: int,
+    digest: _SourceHash,
+    manifest: dict,
+    folder: Path,
+) -> int:
+    """How many leading rows of the batch ``x`` (its first row is input ``start``) are among the
+    ``done`` rows the store already holds. They are hashed; once all of them are, the hash must be
+    the manifest's ``source_digest`` (else the inputs are not the ones the capture started with)."""
+    skip = min(len(x), max(0, done - start))
+    if skip:
+        digest.update(x[:skip], None if y is None else y[:skip])
+        if start + skip == done and digest.hexdigest() != manifest["source_digest"]:
+            raise ArtifactError(f"{folder} was captured from other inputs than these; cannot resume")
+    return skip
+
+
+def _captured(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, layer_i: str, layer_j: str
+) -> dict[str, torch.Tensor]:
+    """The rows a batch adds to the store: ``x_i`` and ``x_j`` of ``model`` on ``x`` (one forward
+    pass), and the labels ``y`` when there are some."""
+    reps = capture(model, x, [layer_i, layer_j], batch_size=len(x))
+    part = {"x_i": reps[layer_i], "x_j": reps[layer_j]}
+    if y is not None:
+        part["y"] = y.long()
+    return part
+
+
+def _finish(folder: Path, manifest: dict, seen: int, done: int) -> None:
+    """Mark the store complete in its manifest, once the inputs (``seen`` rows) covered the ``done``
+    rows it held before and it holds some."""
     if seen < done:
         raise ArtifactError(f"{folder} holds {done} rows but the inputs have only {seen}; cannot resume")
     if manifest["total_rows"] == 0:
         raise InputError("no inputs to capture representations from")
     manifest["complete"] = True
     write_json(folder / MANIFEST, manifest)
-    return ActivationStore(folder, layer_i, layer_j)
