@@ -1,13 +1,17 @@
 """One training epoch of a KAE and the bookkeeping after it, shared by the in-memory trainer
 (:func:`koopmanlens.kae.trainer.train_kae`) and the streaming one (:mod:`koopmanlens.kae.stream`):
-both run the same optimisation steps on the batches they are given, so equal batches give equal
-models."""
+both start the same model, optimiser and batch-order generator (:class:`KAETraining`, in a
+:func:`training_session`) and run the same optimisation steps on the batches they are given, so
+equal batches give equal models."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import torch
@@ -15,7 +19,15 @@ import torch
 from koopmanlens.errors import TrainingDivergedError
 from koopmanlens.kae.losses import isometry_loss, linear_loss, reconstruction_loss, state_loss
 from koopmanlens.kae.model import KoopmanAE
-from koopmanlens.training import check_finite_losses, resolve_precision, triangular_lr
+from koopmanlens.training import (
+    check_finite_losses,
+    make_generator,
+    progress_bar,
+    resolve_precision,
+    seeded,
+    torch_threads,
+    triangular_lr,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -220,3 +232,79 @@ class EpochLedger:
         model.precision_ = resolve_precision(cfg.precision, dev)  # type: ignore[attr-defined]
         model.rollbacks_ = int(self.guard["rollbacks"])  # type: ignore[attr-defined]
         return model
+
+
+@torch.no_grad()
+def param_groups(model: KoopmanAE, cfg: KAEConfig) -> list[dict]:
+    """AdamW parameter groups: encoder and decoder weights decayed by ``cfg.weight_decay``, the
+    generator G by ``cfg.generator_weight_decay`` (``True``: ``weight_decay``; ``False``: 0), biases
+    not at all."""
+    g = cfg.generator_weight_decay
+    g_decay = (cfg.weight_decay if g else 0.0) if isinstance(g, bool) else float(g)
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if n.endswith("weight")]
+    rest = [p for n, p in named if not n.endswith("weight") and n != "generator"]
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": [model.generator], "weight_decay": g_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+
+
+@contextlib.contextmanager
+def training_session(
+    cfg: KAEConfig, dev: torch.device, progress: bool, log_path: str | Path | None
+) -> Iterator[tuple[Progress, IO[str] | None]]:
+    """The block one training runs in: ``cfg.threads`` intra-op threads on a CPU, a progress bar,
+    and the per-epoch log file (``None`` without ``log_path``), closed however the block ends."""
+    log = open(log_path, "w") if log_path is not None else None  # noqa: SIM115
+    try:
+        with torch_threads(cfg.threads if dev.type == "cpu" else None), progress_bar(progress) as bar:
+            yield bar, log
+    finally:
+        if log is not None:
+            log.close()
+
+
+@dataclass
+class KAETraining:
+    """A KAE being trained, as both trainers drive it: the model, its optimiser, the generator of
+    the batch order, the ledger of its epochs, and the optimisation steps taken."""
+
+    cfg: KAEConfig
+    model: KoopmanAE
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    ledger: EpochLedger
+    step: int = 0
+
+    @classmethod
+    def begin(
+        cls,
+        cfg: KAEConfig,
+        dim: int,
+        seed: int,
+        dev: torch.device,
+        val: tuple[torch.Tensor, torch.Tensor] | None,
+        log: IO[str] | None,
+        bar: Progress,
+        label: str,
+    ) -> KAETraining:
+        """A new KAE on ``dev`` in training mode, initialised under ``seed``; its AdamW; the batch-order
+        generator seeded by ``seed + 1``; a ledger validating on ``val`` and a progress task ``label``."""
+        with seeded(seed):
+            model = KoopmanAE(dim, cfg.hidden, cfg.observables, cfg.k, expm_method=cfg.expm_method)
+        model.to(dev).train()
+        opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+        gen = make_generator(seed + 1)
+        vi_vj = (val[0].float().to(dev), val[1].float().to(dev)) if val is not None else None
+        task = bar.add_task(label, total=cfg.epochs, completed=0, info="")
+        return cls(cfg, model, opt, gen, EpochLedger(cfg, vi_vj, log, bar, task))
+
+    def epoch(self, batches: Iterable[Batch], total: int, epoch: int) -> bool:
+        """Run epoch ``epoch`` over ``batches`` (``total``: steps of the whole training, for the
+        learning-rate schedule) and record it; False when the divergence guard undid it."""
+        sums, self.step, lr = run_epoch(
+            self.model, self.opt, self.cfg, batches, self.step, total, self.ledger.guard["lr_scale"]
+        )
+        return self.ledger.close(self.model, self.opt, sums, epoch, lr)

@@ -20,8 +20,9 @@ import torch
 
 from koopmanlens.edit_solvers import KeyStats
 from koopmanlens.errors import InputError
+from koopmanlens.kae.epoch import KAETraining, training_session
 from koopmanlens.kae.model import KoopmanAE
-from koopmanlens.kae.trainer import KAEConfig, _check_pair, _Fit, _session, kae_config
+from koopmanlens.kae.trainer import KAEConfig, _check_pair, kae_config
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.store import ActivationStore
 from koopmanlens.training import resolve_device
@@ -92,8 +93,8 @@ def train_kae_stream(
         _check_pair(val[0], val[1], "validation data")
     dev = resolve_device(device)
     start = time.perf_counter()
-    with _session(cfg, dev, progress, log_path) as (bar, log):
-        fit = _Fit.begin(cfg, preprocessor.dim_, seed, dev, val, log, bar, f"KAE seed {seed} (store)")
+    with training_session(cfg, dev, progress, log_path) as (bar, log):
+        fit = KAETraining.begin(cfg, preprocessor.dim_, seed, dev, val, log, bar, f"KAE seed {seed} (store)")
         bs = min(cfg.batch_size, n)
         total = cfg.epochs * max(1, n // bs)
         fit.ledger.start(fit.model, fit.opt)

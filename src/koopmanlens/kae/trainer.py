@@ -3,41 +3,30 @@ the four weighted losses, per-epoch JSON-lines log, divergence checks, best-on-v
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import json
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
 
 import torch
 
 from koopmanlens.errors import InputError
-from koopmanlens.kae.checkpoint import TrainingCheckpoint, training_checkpoint
+from koopmanlens.io import tensor_digest
 from koopmanlens.kae.epoch import (
     ALL_TERMS,
     LOSS_TERMS,
-    Batch,
     EpochLedger,
+    KAETraining,
     kae_losses,
-    run_epoch,
+    param_groups,
+    training_session,
     trajectory_loss,
     validation_state_loss,
 )
 from koopmanlens.kae.losses import REDUCTIONS
 from koopmanlens.kae.model import KoopmanAE
-from koopmanlens.training import (
-    PRECISIONS,
-    make_generator,
-    progress_bar,
-    resolve_device,
-    seeded,
-    torch_threads,
-)
-
-if TYPE_CHECKING:
-    from rich.progress import Progress
+from koopmanlens.training import PRECISIONS, load_checkpoint, resolve_device, save_checkpoint
 
 __all__ = [
     "ALL_TERMS",
@@ -181,23 +170,6 @@ def _check_pair(z_i: torch.Tensor, z_j: torch.Tensor, what: str) -> None:
         raise InputError(f"{what}: x_i or x_j holds NaN or inf")
 
 
-@torch.no_grad()
-def param_groups(model: KoopmanAE, cfg: KAEConfig) -> list[dict]:
-    """AdamW parameter groups: encoder and decoder weights decayed by ``cfg.weight_decay``, the
-    generator G by ``cfg.generator_weight_decay`` (``True``: ``weight_decay``; ``False``: 0), biases
-    not at all."""
-    g = cfg.generator_weight_decay
-    g_decay = (cfg.weight_decay if g else 0.0) if isinstance(g, bool) else float(g)
-    named = list(model.named_parameters())
-    decay = [p for n, p in named if n.endswith("weight")]
-    rest = [p for n, p in named if not n.endswith("weight") and n != "generator"]
-    return [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": [model.generator], "weight_decay": g_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
-
-
 def train_kae(
     x_i: torch.Tensor,
     x_j: torch.Tensor,
@@ -246,11 +218,11 @@ def train_kae(
     x_i, x_j = _training_pairs(x_i, x_j, val)
     dev = resolve_device(device)
     start = time.perf_counter()
-    with _session(cfg, dev, progress, log_path) as (bar, log):
+    with training_session(cfg, dev, progress, log_path) as (bar, log):
         xi, xj = x_i.to(dev), x_j.to(dev)
         wp = _waypoints(waypoints, xi, cfg.k, dev)
-        fit = _Fit.begin(cfg, xi.shape[1], seed, dev, val, log, bar, f"KAE seed {seed}")
-        ck = training_checkpoint(checkpoint, checkpoint_every, seed, cfg, x_i, x_j, val, waypoints)
+        fit = KAETraining.begin(cfg, xi.shape[1], seed, dev, val, log, bar, f"KAE seed {seed}")
+        ck = _checkpoint(checkpoint, checkpoint_every, seed, cfg, x_i, x_j, val, waypoints)
         _fit_in_memory(fit, xi, xj, wp, shuffle, dev, ck, resume)
     return fit.ledger.finish(fit.model, dev, time.perf_counter() - start)
 
@@ -269,74 +241,14 @@ def _training_pairs(
     return x_i, x_j
 
 
-@contextlib.contextmanager
-def _session(
-    cfg: KAEConfig, dev: torch.device, progress: bool, log_path: str | Path | None
-) -> Iterator[tuple[Progress, IO[str] | None]]:
-    """The block one training runs in: ``cfg.threads`` intra-op threads on a CPU, a progress bar,
-    and the per-epoch log file (``None`` without ``log_path``), closed however the block ends."""
-    log = open(log_path, "w") if log_path is not None else None  # noqa: SIM115
-    try:
-        with torch_threads(cfg.threads if dev.type == "cpu" else None), progress_bar(progress) as bar:
-            yield bar, log
-    finally:
-        if log is not None:
-            log.close()
-
-
-@dataclass
-class _Fit:
-    """A KAE being trained, as both trainers (in memory, and from a store in
-    :mod:`koopmanlens.kae.stream`) drive it: the model, its optimiser, the generator of the batch
-    order, the ledger of its epochs, and the optimisation steps taken."""
-
-    cfg: KAEConfig
-    model: KoopmanAE
-    opt: torch.optim.Optimizer
-    gen: torch.Generator
-    ledger: EpochLedger
-    step: int = 0
-
-    @classmethod
-    def begin(
-        cls,
-        cfg: KAEConfig,
-        dim: int,
-        seed: int,
-        dev: torch.device,
-        val: tuple[torch.Tensor, torch.Tensor] | None,
-        log: IO[str] | None,
-        bar: Progress,
-        label: str,
-    ) -> _Fit:
-        """A new KAE on ``dev`` in training mode, initialised under ``seed``; its AdamW; the batch-order
-        generator seeded by ``seed + 1``; a ledger validating on ``val`` and a progress task ``label``."""
-        with seeded(seed):
-            model = KoopmanAE(dim, cfg.hidden, cfg.observables, cfg.k, expm_method=cfg.expm_method)
-        model.to(dev).train()
-        opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-        gen = make_generator(seed + 1)
-        vi_vj = (val[0].float().to(dev), val[1].float().to(dev)) if val is not None else None
-        task = bar.add_task(label, total=cfg.epochs, completed=0, info="")
-        return cls(cfg, model, opt, gen, EpochLedger(cfg, vi_vj, log, bar, task))
-
-    def epoch(self, batches: Iterable[Batch], total: int, epoch: int) -> bool:
-        """Run epoch ``epoch`` over ``batches`` (``total``: steps of the whole training, for the
-        learning-rate schedule) and record it; False when the divergence guard undid it."""
-        sums, self.step, lr = run_epoch(
-            self.model, self.opt, self.cfg, batches, self.step, total, self.ledger.guard["lr_scale"]
-        )
-        return self.ledger.close(self.model, self.opt, sums, epoch, lr)
-
-
 def _fit_in_memory(
-    fit: _Fit,
+    fit: KAETraining,
     xi: torch.Tensor,
     xj: torch.Tensor,
     wp: tuple[list[int] | None, torch.Tensor | None],
     shuffle: bool,
     dev: torch.device,
-    ck: TrainingCheckpoint | None,
+    ck: _Checkpoint | None,
     resume: bool,
 ) -> None:
     """Train ``fit`` on the pairs (``xi``, ``xj``) held on ``dev``, batch by batch, for the epochs
@@ -377,3 +289,91 @@ def _waypoints(
     if any(not 0 <= v <= k for v in wp_steps):
         raise InputError(f"waypoint steps must lie in [0, {k}], got {wp_steps}")
     return wp_steps, wp_targets
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if v != float("inf") else None
+
+
+def _identity(seed: int, cfg: KAEConfig, x_i, x_j, val, waypoints) -> dict:
+    """What a KAE training is, for checkpoints: seed, config and digests of its data."""
+    return {
+        "seed": seed,
+        "config": cfg.to_dict(),
+        "data": tensor_digest(x_i, x_j),
+        "val": None if val is None else tensor_digest(*val),
+        "waypoints": None if waypoints is None else [list(waypoints[0]), tensor_digest(waypoints[1])],
+    }
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """The checkpoint of one training: path stem ``path`` (``.safetensors`` + ``.json``), written
+    every ``every`` epochs and at the end, of the training ``identity`` (:func:`_identity`; a
+    checkpoint of another training is not resumed)."""
+
+    path: str | Path
+    every: int
+    seed: int
+    identity: dict
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether the checkpoint is written after epoch ``epoch`` of ``epochs``."""
+        return (epoch + 1) % self.every == 0 or epoch == epochs - 1
+
+    def restore(
+        self,
+        model: KoopmanAE,
+        opt: torch.optim.Optimizer,
+        gen: torch.Generator,
+        ledger: EpochLedger,
+        dev: torch.device,
+    ) -> tuple[int, int]:
+        """Restore the checkpoint, if there is one, into the model, optimizer, generator and
+        ledger; (step, first epoch left to train), (0, 0) without one."""
+        restored = load_checkpoint(self.path, model, opt, gen, self.identity)
+        if restored is None:
+            return 0, 0
+        meta, extras = restored
+        ledger.history = list(meta.get("history", []))
+        ledger.guard.update(meta.get("guard", {}))
+        if ledger.guard["min_state"] is None:  # saved as null before any epoch was accepted
+            ledger.guard["min_state"] = float("inf")
+        if meta.get("best_epoch", -1) >= 0:
+            best_state = {k[5:]: v.to(dev) for k, v in extras.items() if k.startswith("best.")}
+            ledger.best = (float(meta["best_val"]), best_state, int(meta["best_epoch"]))
+        if ledger.log is not None:
+            ledger.log.writelines(json.dumps(r) + "\n" for r in ledger.history)
+        return int(meta["step"]), int(meta["epoch"]) + 1
+
+    def save(
+        self,
+        model: KoopmanAE,
+        opt: torch.optim.Optimizer,
+        gen: torch.Generator,
+        ledger: EpochLedger,
+        epoch: int,
+        step: int,
+    ) -> None:
+        """Write the training's state at the end of epoch ``epoch`` (optimisation step ``step``)."""
+        best, guard = ledger.best, ledger.guard
+        extra = {
+            "history": ledger.history,
+            "best_val": best[0] if best[1] is not None else None,
+            "best_epoch": best[2],
+            "seed": self.seed,
+            "config": ledger.cfg.to_dict(),
+            "guard": {**guard, "min_state": _finite_or_none(guard["min_state"])},
+        }
+        extra_t = {f"best.{k}": v for k, v in (best[1] or {}).items()}
+        save_checkpoint(self.path, model, opt, gen, epoch, step, extra, extra_t, self.identity)
+
+
+def _checkpoint(
+    path: str | Path | None, every: int, seed: int, cfg: KAEConfig, x_i, x_j, val, waypoints
+) -> _Checkpoint | None:
+    """The checkpoint at ``path`` of the training of seed ``seed`` with config ``cfg`` on these
+    data (``None`` without a path)."""
+    if path is None:
+        return None
+    return _Checkpoint(path, every, seed, _identity(seed, cfg, x_i, x_j, val, waypoints))
