@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
+# ``cli.console`` and ``cli._load`` are looked up when a command runs, so that replacing them on the
+# cli module (as tests do) reaches these commands too
 from koopmanlens import cli
-from koopmanlens.cli import DatasetName, EditMethod, _examples, _fail, app, console
+from koopmanlens.cli import DatasetName, EditMethod, _examples, _fail, app
 from koopmanlens.errors import KoopmanLensError
 
 if TYPE_CHECKING:
@@ -78,8 +80,8 @@ def edit(
             refresh_report(run_dir)
     except KoopmanLensError as exc:
         _fail(exc)
-    console.print(edit_table(record["per_seed"], forget, method.value))
-    console.print(f"edits saved under {escape(str(run_dir / 'edits'))}")
+    cli.console.print(edit_table(record["per_seed"], forget, method.value))
+    cli.console.print(f"edits saved under {escape(str(run_dir / 'edits'))}")
 
 
 def _edit_every_seed(
@@ -136,7 +138,7 @@ def topology(
             pipeline.refresh_report(run_dir)
     except KoopmanLensError as exc:
         _fail(exc)
-    console.print(topology_table(metrics))
+    cli.console.print(topology_table(metrics))
 
 
 @app.command(epilog=_examples("koopmanlens report runs/yinyang"))
@@ -169,7 +171,7 @@ def report(
             path = write_report(run_dir, progress=progress)
     except KoopmanLensError as exc:
         _fail(exc)
-    console.print(
+    cli.console.print(
         f"report: {escape(str(path))} ({path.stat().st_size / 1e6:.1f} MB); "
         f"figures in {escape(str(run_dir / 'figures'))}"
     )
@@ -198,8 +200,8 @@ def ablate_isometry(
         res = pipeline.ablate_isometry(out, quick=quick, overwrite=overwrite, progress=progress)
     except KoopmanLensError as exc:
         _fail(exc)
-    console.print(ablation_table(res))
-    console.print(
+    cli.console.print(ablation_table(res))
+    cli.console.print(
         f"closest to the original: isometry weight {res['closest_weight']:g}; results in {escape(str(out))}"
     )
 
@@ -229,8 +231,8 @@ def spectrum(
     except KoopmanLensError as exc:
         _fail(exc)
     for table in spectrum_tables(block):
-        console.print(table)
-    console.print(
+        cli.console.print(table)
+    cli.console.print(
         f"written to {escape(str(run_dir / 'metrics.json'))} (key 'spectrum'); "
         f"plot: {escape(str(run_dir / 'figures' / 'spectrum.png'))}"
     )
