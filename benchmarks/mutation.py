@@ -69,6 +69,7 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
         None,
     ),
     "editing.py": (["tests/test_editing_exact.py", "tests/test_editing.py", "tests/test_alphaedit.py"], None),
+    "edit_record.py": (["tests/test_editing_exact.py", "tests/test_editing.py"], None),
     "pipeline.py": (
         ["tests/test_evaluation.py"],
         [

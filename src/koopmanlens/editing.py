@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from koopmanlens.data import Dataset
+from koopmanlens.edit_record import Edit
 from koopmanlens.edit_solvers import (
     KeyStats,
     alphaedit,
@@ -70,101 +69,6 @@ DEFAULT_METHOD = "memit"
 
 
 # ---------------------------------------------------------------------------- Algorithm 1
-@dataclass
-class Edit:
-    """A closed-form edit of a surrogate's operator: apply, revert exactly, save, load, inspect.
-
-    ``operator_before`` and ``operator_after`` are (p x p) float64 matrices in the column
-    convention; ``before_is_generator`` says the original operator was exp(G) (so revert restores
-    "no override")."""
-
-    forget: int
-    into: int
-    method: str
-    params: dict
-    operator_before: torch.Tensor
-    operator_after: torch.Tensor
-    before_is_generator: bool
-    diagnostics: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def apply(self, surrogate: Surrogate) -> Surrogate:
-        """A new surrogate (sharing network, preprocessing and KAE) that uses the edited operator."""
-        self._check(surrogate)
-        return Surrogate(
-            surrogate.network,
-            surrogate.layer_i,
-            surrogate.layer_j,
-            surrogate.preprocessor,
-            surrogate.kae,
-            self.operator_after.float(),
-        )
-
-    def revert(self, surrogate: Surrogate) -> Surrogate:
-        """A surrogate with the operator exactly as before the edit."""
-        self._check(surrogate)
-        op = None if self.before_is_generator else self.operator_before.float()
-        return Surrogate(
-            surrogate.network, surrogate.layer_i, surrogate.layer_j, surrogate.preprocessor, surrogate.kae, op
-        )
-
-    def _check(self, surrogate: Surrogate) -> None:
-        p = surrogate.kae.observables
-        if self.operator_after.shape != (p, p):
-            raise InputError(
-                f"this edit is for a {tuple(self.operator_after.shape)} operator; "
-                f"the surrogate has ({p}, {p})"
-            )
-
-    def to_dict(self) -> dict:
-        return {
-            "forget": self.forget,
-            "into": self.into,
-            "method": self.method,
-            "params": self.params,
-            "before_is_generator": self.before_is_generator,
-            "diagnostics": self.diagnostics,
-            "seconds": self.seconds,
-        }
-
-    def save(self, path: str | Path) -> None:
-        """``path.safetensors`` (both operators) and ``path.json`` (everything else)."""
-        from koopmanlens.runs import write_json, write_tensors
-
-        path = Path(path)
-        write_tensors(
-            path.with_suffix(".safetensors"),
-            {"operator_before": self.operator_before, "operator_after": self.operator_after},
-        )
-        write_json(path.with_suffix(".json"), self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Edit:
-        from koopmanlens.errors import ArtifactError
-        from koopmanlens.runs import read_json, read_tensors
-
-        path = Path(path)
-        info = read_json(path.with_suffix(".json"))
-        t = read_tensors(path.with_suffix(".safetensors"))
-        try:
-            before, after = t["operator_before"], t["operator_after"]
-            if before.shape != after.shape or before.ndim != 2 or before.shape[0] != before.shape[1]:
-                raise ArtifactError(f"{path}: operators must be square and of one shape")
-            return cls(
-                int(info["forget"]),
-                int(info["into"]),
-                str(info["method"]),
-                dict(info["params"]),
-                before.double(),
-                after.double(),
-                bool(info["before_is_generator"]),
-                dict(info.get("diagnostics", {})),
-                float(info.get("seconds", 0.0)),
-            )
-        except KeyError as exc:
-            raise ArtifactError(f"{path}: missing key {exc}") from exc
-
-
 @torch.no_grad()
 def class_observables(surrogate: Surrogate, data: Dataset) -> torch.Tensor:
     """phi(x_i) of every sample of ``data`` (rows)."""
@@ -280,14 +184,48 @@ def unlearn_class(
     ``Edit.seconds`` is the whole call; ``diagnostics["solve_seconds"]`` the closed-form solve alone.
     """
     present = _check_edit_args(
-        train,
-        forget,
-        into,
-        method,
-        max_target_accuracy=max_target_accuracy,
-        n_keys=n_keys,
+        train, forget, into, method, max_target_accuracy=max_target_accuracy, n_keys=n_keys,
         tune_samples=tune_samples,
+    )  # fmt: skip
+    ridges = _edit_ridges(method, lambda_norm, lambda_emmet)
+    start = time.perf_counter()
+    W = surrogate.current_operator().double()
+    K_E, K_0, centroids = _keys(surrogate, train, forget, W, observables, stats)
+    if into is None:
+        into = nearest_class(centroids, forget, present)
+    params: dict = {"seed": seed, **ridges}
+    tune = (max_target_accuracy, tune_samples, seed)
+    W_new, diag = _run_method(
+        method, surrogate, train, forget, W, K_E, centroids[into], K_0, params, lam, lambda_mom2, n_keys, tune
     )
+    seconds = time.perf_counter() - start
+    return Edit(forget, into, method, params, W, W_new, surrogate.operator is None, diag, seconds)
+
+
+def _run_method(method, surrogate, train, forget, W, K_E, value, K_0, params, lam, lambda_mom2, n_keys, tune):
+    """The method's closed-form solve with every key sent to ``value`` (the ``into`` centroid);
+    records the settings it used in ``params``; returns (W', diagnostics)."""
+    ridges = {k: params[k] for k in METHOD_RIDGES[method] if k in params}
+    if method == "memit":
+        if lam == "auto":
+            params["max_target_accuracy"] = tune[0]
+        V_E = value[:, None].expand(-1, K_E.shape[1])
+        W_new, diag, params["lam"] = _memit_edit(
+            surrogate, train, forget, W, K_E, V_E, K_0, lam, ridges, tune
+        )
+        return W_new, diag
+    if method == "alphaedit":
+        params["lam"] = ALPHAEDIT_LAM if lam == "auto" else lam
+        return alphaedit(W, K_E, value[:, None].expand(-1, K_E.shape[1]), K_0, lam=params["lam"])
+    if method == "emmet-kmeans":
+        params["n_keys"] = n_keys or default_n_keys(W.shape[0], train.n_classes)
+        K_E = reduce_keys(K_E, params["n_keys"], "kmeans", tune[2])
+    params["lambda_mom2"] = lambda_mom2
+    return emmet(W, K_E, value[:, None].expand(-1, K_E.shape[1]), K_0, lambda_mom2=lambda_mom2, **ridges)
+
+
+def _edit_ridges(method: str, lambda_norm: float | None, lambda_emmet: float | None) -> dict[str, float]:
+    """The method's ridges (:data:`METHOD_RIDGES`) with the ones given in their place."""
     ridges = {**METHOD_RIDGES[method]}
     if method == "alphaedit" and (lambda_norm is not None or lambda_emmet is not None):
         raise InputError("alphaedit takes lam (its ridge), not lambda_norm or lambda_emmet")
@@ -295,43 +233,22 @@ def unlearn_class(
         ridges["lambda_norm"] = lambda_norm
     if lambda_emmet is not None and method != "memit":
         ridges["lambda_emmet"] = lambda_emmet
-    start = time.perf_counter()
-    W = surrogate.current_operator().double()
+    return ridges
+
+
+def _keys(surrogate, train, forget, W, observables, stats):
+    """Algorithm 1's keys: the class's phi(x_i) as columns (K_E), the statistics of every other
+    training sample's (K_0: the total's minus the class's) and the class centroids of K phi(x_i)."""
     z = class_observables(surrogate, train) if observables is None else observables.double()
     if z.shape != (len(train), W.shape[1]):
         raise InputError(f"observables must have shape ({len(train)}, {W.shape[1]}), got {tuple(z.shape)}")
     centroids = _class_centroids(z @ W.T, train.y)
-    if into is None:
-        into = nearest_class(centroids, forget, present)
     K_E = z[train.y == forget].T
     if stats is None:
         stats = KeyStats.of(z.T)
     if stats.gram.shape != (z.shape[1], z.shape[1]) or stats.n != len(z):
         raise InputError("stats must be the KeyStats of the same observables")
-    K_0 = KeyStats(stats.gram - K_E @ K_E.T, stats.n - K_E.shape[1])
-    params: dict = {"seed": seed, **ridges}
-    if method == "memit":
-        V_E = centroids[into][:, None].expand(-1, K_E.shape[1])
-        tune = (max_target_accuracy, tune_samples, seed)
-        if lam == "auto":
-            params["max_target_accuracy"] = max_target_accuracy
-        W_new, diag, params["lam"] = _memit_edit(
-            surrogate, train, forget, W, K_E, V_E, K_0, lam, ridges, tune
-        )
-    elif method == "alphaedit":
-        params["lam"] = ALPHAEDIT_LAM if lam == "auto" else lam
-        V_E = centroids[into][:, None].expand(-1, K_E.shape[1])
-        W_new, diag = alphaedit(W, K_E, V_E, K_0, lam=params["lam"])  # type: ignore[arg-type]
-    else:
-        if method == "emmet-kmeans":
-            m = n_keys or default_n_keys(W.shape[0], train.n_classes)
-            K_E = reduce_keys(K_E, m, "kmeans", seed)
-            params["n_keys"] = m
-        V_E = centroids[into][:, None].expand(-1, K_E.shape[1])
-        W_new, diag = emmet(W, K_E, V_E, K_0, lambda_mom2=lambda_mom2, **ridges)
-        params["lambda_mom2"] = lambda_mom2
-    seconds = time.perf_counter() - start
-    return Edit(forget, into, method, params, W, W_new, surrogate.operator is None, diag, seconds)
+    return K_E, KeyStats(stats.gram - K_E @ K_E.T, stats.n - K_E.shape[1]), centroids
 
 
 def _memit_edit(surrogate, train, forget, W, K_E, V_E, K_0, lam, ridges, tune):
