@@ -195,6 +195,9 @@ def _rerun_survivors(work: Path, module: str, prefixes: list[str] | None, max_ch
     tests = [t for t in MODULES[module][0] if not t.startswith("tests/") or (ROOT / t).exists()]
     text = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", (work / "pyproject.toml").read_text())
     (work / "pyproject.toml").write_text(text + _mutmut_config(module, tests))  # today's test files
+    # mutmut maps each mutant to the tests that reach it once ("stats"); with new test files that map
+    # is stale and the new tests would never run, so it is collected again
+    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     codes = _read_results(work, module, prefixes)
     names = [k for k, c in codes.items() if c not in KILLED | TIMEOUT]
     print(f"rerunning {len(names)} surviving mutants of {module} ...", flush=True)

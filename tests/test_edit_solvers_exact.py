@@ -4,6 +4,7 @@ item 5). The solvers' algebra is pinned in tests/test_editing.py and tests/test_
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import warnings
 
@@ -131,7 +132,9 @@ def test_condition_numbers_and_the_warning():
     K = torch.tensor([[1.0, 1.0], [1.0, 1.0 + 1e-9], [0.0, 0.0]], dtype=torch.float64)
     with pytest.warns(IllConditionedWarning, match=r"^least-squares edit: A has condition number") as rec:
         _, diag = E.memit(W, K, V_E, lam=1.0, lambda_norm=1e-14)
-    assert rec[0].filename == __file__ and diag["ill_conditioned"] is True
+    assert diag["ill_conditioned"] is True
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampolines add a frame to every call
+        assert rec[0].filename == __file__
     assert diag["warning"].endswith("; raise lam or lambda_norm")
     with pytest.warns(IllConditionedWarning, match=r"^AlphaEdit: A has condition number .*; raise lam$"):
         E.alphaedit(W, K, V_E, lam=1e-14)
