@@ -125,6 +125,9 @@ NAMED: dict[str, tuple[str, str, str, list[str]]] = {
     ),
 }
 
+#: The ``[tool.mutmut]`` table of a pyproject.toml: its header and every line up to the next table.
+MUTMUT_SECTION = re.compile(r"\n\[tool\.mutmut\]\n(?:(?!\[)[^\n]*\n?)*")
+
 #: mutmut exit codes (mutmut.stats.status_by_exit_code) grouped for the score.
 KILLED = {1, 3, -11, -9}  # a failing test, a pytest internal error, a crash
 TIMEOUT = {36, 24, -24, 152, 255}
@@ -154,7 +157,7 @@ def _prepare(work: Path, module: str, tests: list[str]) -> list[str]:
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     text = (ROOT / "pyproject.toml").read_text()
-    text = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", text)  # ours replaces any project section
+    text = re.sub(MUTMUT_SECTION, "\n", text)  # ours replaces any project section
     (work / "pyproject.toml").write_text(text + _mutmut_config(module, tests))
     return tests
 
@@ -193,7 +196,7 @@ def _rerun_survivors(work: Path, module: str, prefixes: list[str] | None, max_ch
     shutil.rmtree(work / "tests")
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     tests = [t for t in MODULES[module][0] if not t.startswith("tests/") or (ROOT / t).exists()]
-    text = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", (work / "pyproject.toml").read_text())
+    text = re.sub(MUTMUT_SECTION, "\n", (ROOT / "pyproject.toml").read_text())
     (work / "pyproject.toml").write_text(text + _mutmut_config(module, tests))  # today's test files
     # mutmut maps each mutant to the tests that reach it once ("stats"); with new test files that map
     # is stale and the new tests would never run, so it is collected again
