@@ -150,13 +150,17 @@ def test_edit_baselines_block_beside_the_runs_edit(tiny_surrogate, yy_small):
     assert (carved["n_fit"], carved["n_val"]) == (720, 80) and "10%" in carved["validation"]
 
 
-def test_a_run_shows_its_editing_baselines(quick_run):
+def test_a_run_shows_its_editing_baselines(quick_run, monkeypatch):
     import json
 
+    from rich.console import Console
     from typer.testing import CliRunner
 
+    from koopmanlens import cli
     from koopmanlens.cli import app
     from koopmanlens.report.tables import edit_baseline_rows
+
+    monkeypatch.setattr(cli, "console", Console(width=300))  # no cell wraps, whatever the terminal
 
     metrics = json.loads((quick_run / "metrics.json").read_text())
     block = metrics["editing_baselines"]
@@ -169,5 +173,5 @@ def test_a_run_shows_its_editing_baselines(quick_run):
     assert "<h2>Unlearning baselines</h2>" in html
     tune = edit_baseline_rows(block)[2]
     assert tune[2] == "finetune" and tune[4] in html and tune[-1].startswith("lr ")
-    out = CliRunner().invoke(app, ["show", str(quick_run)], env={"COLUMNS": "200"}).output
+    out = CliRunner().invoke(app, ["show", str(quick_run)]).output
     assert "unlearning baselines" in out and tune[-1] in out
