@@ -119,8 +119,8 @@ NAMED: dict[str, tuple[str, str, str, list[str]]] = {
     ),
     "linear loss compares phi(x_i) with itself (eq. 4 typo)": (
         "kae/losses.py",
-        "return _msq(z_j - z_i @ operator.T)",
-        "return _msq(z_i - z_i @ operator.T)",
+        "return _msq(z_j - z_i @ operator.T, reduction)",
+        "return _msq(z_i - z_i @ operator.T, reduction)",
         ["tests/test_kae.py"],
     ),
 }
