@@ -30,7 +30,9 @@ def test_all_layer_kae_matches_layers_better(tiny_subject, yy_small):
     layers = tiny_subject.layer_names()  # input, blocks.0..2
     kw = dict(progress=False, epochs=60, batch_size=256, k=30)
     through = fit_through_layers(tiny_subject, train, layers, "yinyang", seed=0, **kw)
-    assert through.waypoints_["steps"] == [10, 20]
+    assert through.waypoints_ == {"layers": ["blocks.0", "blocks.1"], "steps": [10, 20]}
+    assert (through.layer_i, through.layer_j) == ("input", "blocks.2")  # the ends of the list
+    assert through.kae.config_.k == 30 and through.preprocessor.q is None
     from koopmanlens.surrogate import Surrogate
 
     two = Surrogate.fit(tiny_subject, train, layers[0], layers[-1], "yinyang", seed=0, **kw)
@@ -48,7 +50,7 @@ def test_waypoints_bad_input():
         train_kae(x, x, progress=False, epochs=1, k=4, waypoints=([2], torch.randn(1, 10, 3)))
     with pytest.raises(InputError, match="waypoint steps"):
         train_kae(x, x, progress=False, epochs=1, k=4, waypoints=([9], torch.randn(1, 64, 3)))
-    with pytest.raises(InputError, match="three layers"):
+    with pytest.raises(InputError, match=r"^name at least three layers: i, one or more in between, and j$"):
         fit_through_layers(None, None, ["a", "b"])
 
 
