@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from koopmanlens.capture import capture, check_finite, get_module, hooks
+from koopmanlens.capture import capture, check_finite, get_module
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.metrics import agreement, classification_metrics
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.subject import predict_logits
-from koopmanlens.surrogate import splice_hooks
+from koopmanlens.surrogate import splice_hooks, spliced_logits
 
 #: Ridge values tried (relative to the mean eigenvalue of the centred Gram; see :func:`ridge_fit`).
 RIDGE_GRID = (0.0, 1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -213,10 +213,7 @@ class SplicedMap:
     @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
         """Logits of the spliced network."""
-        if len(x) == 0:
-            raise InputError("no inputs")
-        with hooks(self.network, self._splice_hooks()):
-            return predict_logits(self.network, x, batch_size)
+        return spliced_logits(self.network, self._splice_hooks(), x, batch_size)
 
     def evaluate(self, data: Dataset) -> dict:
         """``{"top1", "macro", "per_class", "agreement", "seconds"}`` as :meth:`Surrogate.evaluate`."""

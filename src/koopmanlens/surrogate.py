@@ -46,6 +46,16 @@ def splice_hooks(
     return {layer_i: at_i, layer_j: at_j}
 
 
+def spliced_logits(
+    network: nn.Module, hook_map: dict[str, Callable], x: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Logits of ``network`` on ``x`` with the forward hooks of ``hook_map`` in place (removed after)."""
+    if len(x) == 0:
+        raise InputError("no inputs")
+    with hooks(network, hook_map):
+        return predict_logits(network, x, batch_size)
+
+
 class Surrogate:
     """A fitted KAE between two named layers of a network, with the preprocessing that links them.
 
@@ -196,10 +206,7 @@ class Surrogate:
     @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
         """Logits of the network with the KAE in place of layers i..j."""
-        if len(x) == 0:
-            raise InputError("no inputs")
-        with hooks(self.network, self._splice_hooks()):
-            return predict_logits(self.network, x, batch_size)
+        return spliced_logits(self.network, self._splice_hooks(), x, batch_size)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class predictions of the spliced network."""
