@@ -22,6 +22,7 @@ from koopmanlens.testbeds.modadd import ModAddTransformer, all_pairs, make_split
 from koopmanlens.tokens import (
     TokenSurrogate,
     capture_tokens,
+    input_vocabulary,
     position_selection,
     splice,
 )
@@ -176,6 +177,18 @@ def test_bad_input_one_clear_message_each():
             model(x)
     with pytest.raises(InputError, match=r"padding mask has shape \(40, 5\)"):
         capture_tokens(TinyLM(), x, ["blocks.0"], mask=torch.ones(40, 5))
+
+
+def test_a_tokenizer_that_does_not_match_the_model_is_refused():
+    model, x = TinyLM(), tokens()
+    vocab = input_vocabulary(model)
+    assert vocab == model.embed.num_embeddings
+    message = f"token id {vocab} is outside the model's vocabulary of {vocab} ids"
+    with pytest.raises(InputError, match=message):
+        capture_tokens(model, torch.cat([x[:, :-1], torch.full((len(x), 1), vocab)], 1), ["blocks.0"])
+    with pytest.raises(InputError, match="token id -1 is outside"):
+        capture_tokens(model, x - x - 1, ["blocks.0"])
+    capture_tokens(model, torch.full_like(x, vocab - 1), ["blocks.0"])  # the last id is fine
 
 
 def test_modadd_splits_and_model():

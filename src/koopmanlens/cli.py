@@ -95,6 +95,16 @@ def _print_run(metrics: dict, out: Path | None = None) -> None:
         topology_table,
     )
 
+    if metrics.get("kind") == "lm":
+        from koopmanlens.report.lm import lm_tables
+
+        tables_lm = lm_tables(metrics)
+        for t in tables_lm:
+            console.print(t)
+        console.print(timing_line(metrics))
+        if out is not None:
+            console.print(f"run folder: {escape(str(out))}")
+        return
     console.print(results_table(metrics))
     console.print(per_seed_table(metrics))
     tables = (baselines_table, editing_table, editing_baselines_table, topology_table)
@@ -212,8 +222,13 @@ def _user_network(run_dir: Path):
 
 def _load(run_dir: Path, data_dir: Path | None = None):
     from koopmanlens import pipeline
-    from koopmanlens.runs import load_run
+    from koopmanlens.runs import load_run, read_run_info
 
+    if read_run_info(run_dir).get("per_token"):
+        raise KoopmanLensError(
+            f"{run_dir} is a sequence-model (per-token) run: this command works on whole-sample runs; "
+            "`show` and `report` read it, and koopmanlens.lm_artifacts.load_lm_run reopens it in Python"
+        )
     run = load_run(run_dir, _user_network(run_dir))
     train, test = pipeline.run_splits(run.info, data_dir)
     return run, train, test

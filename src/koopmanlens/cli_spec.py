@@ -85,12 +85,17 @@ def layers(spec_name: str = SPEC_ARG, data_dir: Path | None = typer.Option(None,
 
     try:
         spec_, base = load_spec(spec_name)
-        train = build_data(spec_, base, data_dir, test=False)["train"]
-        if spec_.network.kind == "factory":
-            model = build_factory_network(spec_, base)
+        if spec_.per_token:
+            from koopmanlens.lm_testbeds import build_network, token_data
+
+            model, batch = build_network(spec_), token_data(spec_)["train"].inputs[:8]
         else:
-            model = subject_spec_config(spec_).build()
-        rows = list_layers(model, train.x[:8])
+            batch = build_data(spec_, base, data_dir, test=False)["train"].x[:8]
+            if spec_.network.kind == "factory":
+                model = build_factory_network(spec_, base)
+            else:
+                model = subject_spec_config(spec_).build()
+        rows = list_layers(model, batch)
     except KoopmanLensError as exc:
         _fail(exc)
     table = Table(title=f"named modules of {escape(spec_.name)}'s network (output shape per sample)")

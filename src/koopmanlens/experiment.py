@@ -183,9 +183,14 @@ def run_experiment(
     spec: ExperimentSpec, options: RunOptions = RunOptions(), base: Path | None = None,
     data_dir: str | Path | None = None,
 ) -> dict:  # fmt: skip
-    """Compute everything ``spec`` asks for into ``options.out``; returns the metrics."""
+    """Compute everything ``spec`` asks for into ``options.out``; returns the metrics. A
+    sequence-model spec (``spec.per_token``) runs :func:`koopmanlens.lm_run.run_lm_experiment`."""
     from koopmanlens.pipeline import reproduce
 
+    if spec.per_token:
+        from koopmanlens.lm_run import run_lm_experiment
+
+        return run_lm_experiment(spec, options)
     splits = build_data(spec, base, data_dir)
     network = build_factory_network(spec, base) if spec.network.kind == "factory" else None
     if network is not None and spec.span.layer_j is None:

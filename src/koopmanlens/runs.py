@@ -27,7 +27,7 @@ from koopmanlens.io import atomic_write_bytes, read_json, read_tensors, write_js
 from koopmanlens.kae import KAEConfig, KoopmanAE
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.rundir import FORMAT, VERSION, open_new_run, write_marker
-from koopmanlens.schema import KaeFile, Metrics, PreprocessingFile, RunInfo, ViewsMeta, validate
+from koopmanlens.schema import KaeFile, LMMetrics, Metrics, PreprocessingFile, RunInfo, ViewsMeta, validate
 from koopmanlens.subject import SubjectConfig
 from koopmanlens.surrogate import Surrogate
 
@@ -236,12 +236,13 @@ def read_run_info(run_dir: str | Path) -> dict:
 
 
 def read_metrics(run_dir: str | Path) -> dict:
-    """``metrics.json`` of a run, checked against :class:`koopmanlens.schema.Metrics`."""
+    """``metrics.json`` of a run, checked against :class:`koopmanlens.schema.Metrics` (a
+    sequence-model run's, ``"kind": "lm"``, against :class:`koopmanlens.schema.LMMetrics`)."""
     path = Path(run_dir) / "metrics.json"
     metrics = read_json(path)
     if not metrics:
         raise ArtifactError(f"{path} holds no results (the run was saved with empty metrics)")
-    return validate(Metrics, metrics, path)
+    return validate(LMMetrics if metrics.get("kind") == "lm" else Metrics, metrics, path)
 
 
 def update_metrics(run_dir: str | Path, updates: dict) -> dict:

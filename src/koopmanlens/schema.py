@@ -200,6 +200,50 @@ class Metrics(_Model):
     timing_s: dict[str, Finite | list[Finite] | None] = Field(default_factory=dict)
 
 
+class LMSplice(_Model):
+    """One splice's LM metrics (:func:`koopmanlens.lm_metrics.compare_row_maps`)."""
+
+    ce: Finite
+    kl: Finite
+    accuracy: Frac
+    agreement: Frac
+    explained_variance: Finite | None = None
+
+
+class MeanSdAny(_Model):
+    mean: Finite
+    sd: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class LMSeedRow(LMSplice):
+    seed: NonNeg
+
+
+class LMBlock(_Model):
+    """``metrics["lm"]`` of a sequence-model run (:func:`koopmanlens.lm_run.lm_block`)."""
+
+    split: Name
+    n_scored_tokens: Annotated[int, Field(ge=1)]
+    clean: LMSplice
+    kae: dict[Name, MeanSdAny]
+    per_seed: Annotated[list[LMSeedRow], Field(min_length=1)]
+    baselines: dict[Name, LMSplice]
+    ablations: dict[Name, LMSplice]
+
+
+class LMMetrics(_Model):
+    """``metrics.json`` of a sequence-model run (``kind = "lm"``)."""
+
+    dataset: Name
+    kind: Literal["lm"]
+    split: Name = "test"
+    network: dict
+    lm: LMBlock
+    editing: dict | None = None
+    fourier: dict | None = None
+    timing_s: dict[str, Finite | list[Finite] | None] = Field(default_factory=dict)
+
+
 class EditMeta(_Model):
     forget: NonNeg
     into: NonNeg

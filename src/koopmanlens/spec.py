@@ -38,9 +38,11 @@ class DataSpec(_Frozen):
     ``mnist``: the official files (``path`` or ``--data-dir``; ``subset`` for smoke tests);
     ``idx``: a folder of IDX files in MNIST's format (no checksum: a user's data; ``validation``
     rows carved from the end of the training files); ``files``: ``.npz`` or ``.safetensors`` files
-    holding ``x`` and ``y`` per split (paths relative to the spec file)."""
+    holding ``x`` and ``y`` per split (paths relative to the spec file); ``modadd``: the pairs
+    ``a b =`` of modular addition (:mod:`koopmanlens.testbeds.modadd`); ``text``: a character corpus
+    that ships with Python, cut into windows (:mod:`koopmanlens.testbeds.chargpt`)."""
 
-    source: Literal["yinyang", "mnist", "idx", "files"]
+    source: Literal["yinyang", "mnist", "idx", "files", "modadd", "text"]
     """Where the data come from; each source takes only the fields named with it below."""
     path: str | None = None
     """mnist / idx: the folder of IDX files (relative to the spec file; ``--data-dir`` overrides it)."""
@@ -62,6 +64,19 @@ class DataSpec(_Frozen):
     """files: the test split, same format."""
     class_names: list[str] | None = None
     """Readable class names, one per class (``None``: ``"0"``, ``"1"``, ...)."""
+    p: Annotated[int, Field(ge=3)] = 113
+    """modadd: the modulus (tokens 0..p-1 and ``=``)."""
+    train_frac: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    """modadd: the share of the p^2 pairs used for training (10% of it held out as validation); the
+    rest is the test split."""
+    split_seed: Annotated[int, Field(ge=0)] = 0
+    """modadd: the seed of the pairs' permutation into the splits."""
+    corpus: Literal["pydoc-topics"] = "pydoc-topics"
+    """text: the corpus (``pydoc-topics``: CPython's help texts, ``pydoc_data.topics``, checksummed)."""
+    seq_len: Annotated[int, Field(ge=2)] = 128
+    """text: characters per window (the network's context length)."""
+    max_windows: PosInt | None = None
+    """text: keep the first N windows of each split (smoke tests; ``None``: all)."""
 
     @model_validator(mode="after")
     def _fields_fit_source(self) -> DataSpec:
@@ -70,6 +85,8 @@ class DataSpec(_Frozen):
             "mnist": {"path", "subset", "class_names"},
             "idx": {"path", "validation", "subset", "class_names"},
             "files": {"train", "val", "test", "class_names"},
+            "modadd": {"p", "train_frac", "split_seed"},
+            "text": {"corpus", "seq_len", "max_windows"},
         }[self.source]
         extra = sorted(k for k in self.model_fields_set - {"source"} if k not in allowed)
         if extra:
@@ -83,19 +100,27 @@ class DataSpec(_Frozen):
         return self
 
 
+TOKEN_KINDS = {"modadd": "modadd", "chargpt": "text"}
+"""The sequence-model testbeds (per-token mode) and the data source each is trained on."""
+
+
 class NetworkSpec(_Frozen):
     """The network under study: ``resmlp`` (METHOD section 2) trained from ``preset`` with
-    ``overrides`` and ``seed``, or ``factory``: ``"package.module:function"`` returning the
-    ``nn.Module`` and ``weights``, its safetensors state dict (path relative to the spec file)."""
+    ``overrides`` and ``seed``; ``factory``: ``"package.module:function"`` returning the
+    ``nn.Module`` and ``weights``, its safetensors state dict (path relative to the spec file); or a
+    sequence-model testbed trained here from ``overrides`` and ``seed`` (``modadd``: the one-layer
+    transformer of modular addition; ``chargpt``: a character-level GPT), studied per token."""
 
-    kind: Literal["resmlp", "factory"] = "resmlp"
-    """``resmlp``: the residual MLP of METHOD section 2, trained here; ``factory``: your own network."""
+    kind: Literal["resmlp", "factory", "modadd", "chargpt"] = "resmlp"
+    """``resmlp``: the residual MLP of METHOD section 2, trained here; ``factory``: your own network;
+    ``modadd`` / ``chargpt``: a transformer testbed, trained here (docs/transformers.md)."""
     preset: str | None = None
     """resmlp: a subject preset (``yinyang``, ``mnist``; see :data:`koopmanlens.subject.SUBJECT_PRESETS`)."""
     overrides: dict[str, Scalar] = Field(default_factory=dict)
-    """resmlp: fields of :class:`koopmanlens.subject.SubjectConfig` to change, e.g. ``{ epochs = 40 }``."""
+    """resmlp: fields of :class:`koopmanlens.subject.SubjectConfig` to change, e.g. ``{ epochs = 40 }``;
+    modadd / chargpt: fields of the testbed's config (:mod:`koopmanlens.lm_testbeds`)."""
     seed: Annotated[int, Field(ge=0)] = 0
-    """resmlp: the training seed of the network."""
+    """resmlp / modadd / chargpt: the training seed of the network."""
     factory: str | None = None
     """factory: ``"package.module:function"`` returning the ``nn.Module`` (a ``module.py`` next to the
     spec file is found too)."""
@@ -107,6 +132,11 @@ class NetworkSpec(_Frozen):
         if self.kind == "resmlp":
             if not self.preset or self.factory or self.weights:
                 raise ValueError("kind 'resmlp' needs preset (and takes no factory or weights)")
+        elif self.kind in TOKEN_KINDS:
+            if self.preset or self.factory or self.weights:
+                raise ValueError(
+                    f"kind {self.kind!r} takes overrides and seed (no preset, factory or weights)"
+                )
         elif not (self.factory and self.weights) or self.preset or self.overrides:
             raise ValueError("kind 'factory' needs factory = 'package.module:function' and weights")
         if self.factory is not None and (self.factory.count(":") != 1 or not all(self.factory.split(":"))):
@@ -122,6 +152,10 @@ class SpanSpec(_Frozen):
     """The earlier layer, by ``named_modules()`` name (``input``: a ResMLP's input layer)."""
     layer_j: str | None = None
     """The later layer (``None``: a ResMLP's last block; required for your own network)."""
+    positions: Literal["all", "last"] | list[int] | None = None
+    """Sequence models only (per-token mode, :mod:`koopmanlens.tokens`): the positions whose rows
+    the KAE is fitted on and spliced at: ``"all"`` (default), ``"last"`` or a list of indices
+    (negative ones from the end)."""
 
 
 class PreprocessingSpec(_Frozen):
@@ -184,6 +218,47 @@ class ExperimentSpec(_Frozen):
     """The ``[editing]`` table."""
     topology: TopologySpec = Field(default_factory=TopologySpec)
     """The ``[topology]`` table."""
+
+    @model_validator(mode="after")
+    def _token_rules(self) -> ExperimentSpec:
+        kind, source = self.network.kind, self.data.source
+        if kind not in TOKEN_KINDS:
+            if source in TOKEN_KINDS.values():
+                raise ValueError(
+                    f"data.source {source!r} needs a sequence network (network.kind "
+                    f"{'/'.join(k for k, v in TOKEN_KINDS.items() if v == source)})"
+                )
+            if self.span.positions is not None:
+                raise ValueError("span.positions applies to sequence networks only (modadd, chargpt)")
+            return self
+        if source != TOKEN_KINDS[kind]:
+            raise ValueError(
+                f"network.kind {kind!r} is trained on data.source {TOKEN_KINDS[kind]!r}, not {source!r}"
+            )
+        if (
+            self.span.layer_j is None
+            or "span" not in self.model_fields_set
+            or "layer_i" not in self.span.model_fields_set
+        ):
+            raise ValueError(
+                f"network.kind {kind!r} needs span.layer_i and span.layer_j (e.g. "
+                "'blocks.0.resid_mid' and 'blocks.0.resid_post')"
+            )
+        if self.topology.enabled:
+            raise ValueError(
+                "topology is not defined for sequence networks yet: set [topology] enabled = false"
+            )
+        if self.editing.classes and self.editing.method == "memit":
+            raise ValueError(
+                "editing a sequence network takes method 'emmet-kmeans', 'emmet' or "
+                "'alphaedit' ('memit' tunes its lam on whole-sample logits)"
+            )
+        return self
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the network is a sequence model studied per token."""
+        return self.network.kind in TOKEN_KINDS
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, without the fields left at their defaults (what a spec file holds)."""

@@ -120,6 +120,29 @@ def _device(model: nn.Module) -> torch.device:
     return params[0].device if params else torch.device("cpu")
 
 
+def input_vocabulary(model: nn.Module) -> int | None:
+    """The number of token ids the model embeds: its input embedding's rows (Hugging Face's
+    ``get_input_embeddings``, else the first ``nn.Embedding``), ``None`` when it has none."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    return emb.num_embeddings if isinstance(emb, nn.Embedding) else None
+
+
+def check_vocabulary(model: nn.Module, inputs: torch.Tensor) -> None:
+    """Token ids must index the model's embedding: an id outside [0, vocabulary) means the
+    tokenizer and the model do not match (one clear message instead of an index error)."""
+    vocab = input_vocabulary(model)
+    if vocab is None or inputs.is_floating_point() or inputs.numel() == 0:
+        return
+    lo, hi = int(inputs.min()), int(inputs.max())
+    if lo < 0 or hi >= vocab:
+        bad = lo if lo < 0 else hi
+        raise InputError(
+            f"token id {bad} is outside the model's vocabulary of {vocab} ids (its input embedding): "
+            "the tokenizer and the model do not match"
+        )
+
+
 def run_batches(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -133,6 +156,7 @@ def run_batches(
     if inputs.ndim < 2 or len(inputs) == 0:
         raise InputError(f"inputs must be a non-empty (batch, seq) tensor, got shape {tuple(inputs.shape)}")
     full = check_mask(mask, inputs.shape[0], inputs.shape[1])
+    check_vocabulary(model, inputs)
     was = model.training
     model.eval()
     try:

@@ -227,6 +227,16 @@ def write_report(run_dir: str | Path, progress: bool = False) -> Path:
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)
     info = read_run_info(run_dir) if (run_dir / "run.json").exists() else None
+    if metrics.get("kind") == "lm":
+        from koopmanlens.report.lm import write_lm_report
+
+        try:
+            return write_lm_report(run_dir, metrics, info)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(
+                f"cannot write the report of {run_dir}: metrics.json lacks a key or "
+                f"holds a value of the wrong type ({type(exc).__name__}: {exc})"
+            ) from exc
     views, meta = load_views(run_dir) or (None, None)
     with progress_bar(progress) as bar:
         task = bar.add_task("writing report", total=2, info="figures")

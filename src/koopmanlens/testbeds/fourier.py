@@ -67,3 +67,50 @@ def chance_distance(p: int, keys: list[int], grid: int = 100001) -> float:
     :func:`nearest_key_distance`), on a fine deterministic grid."""
     _, d = nearest_key_distance(np.linspace(0, math.pi, grid), p, keys)
     return float(d.mean())
+
+
+def frequency_spectrum(values: torch.Tensor, p: int) -> list[float]:
+    """For k = 1..(p-1)/2, the share of the centred rows' variance on the 6 functions cos/sin of
+    w_k a, w_k b, w_k (a + b) (rows: the p^2 grid, row a*p + b). The functions of different k are
+    orthogonal, so the shares add up to the share on all of them (at most 1)."""
+    return [variance_fraction(values, fourier_basis(p, [k])) for k in range(1, (p - 1) // 2 + 1)]
+
+
+def fourier_report(network: torch.nn.Module, surrogate, p: int, layer_i: str, position: int = 2) -> dict:
+    """The Fourier block of a modular-addition run (docs/transformers.md): the embedding's key
+    frequencies; the share of the variance of phi(x_i), K phi(x_i) and x_i over the full p x p grid
+    on their cos/sin functions (and chance, 6 keys / (p^2 - 1)); the per-frequency spectrum of
+    phi(x_i); the operator's 10 dominant eigenvalues' angles against the nearest key frequency."""
+    from koopmanlens.spectrum import generator_spectrum
+    from koopmanlens.testbeds.modadd import all_pairs
+    from koopmanlens.tokens import capture_tokens
+
+    emb = network.embed.weight[:p].detach()
+    keys, norms = key_frequencies(emb), frequency_norms(emb)
+    x_i = capture_tokens(network, all_pairs(p)[0], [layer_i], positions=[position])[layer_i]
+    phi = surrogate.encode_i(x_i)
+    basis = fourier_basis(p, keys)
+    vals, _ = generator_spectrum(surrogate.kae.generator)
+    dominant = np.argsort(-np.abs(np.exp(vals)), kind="stable")[:10]
+    angles = wrapped_angles(vals[dominant])
+    nearest, dist = nearest_key_distance(angles, p, keys)
+    return {
+        "key_frequencies": keys,
+        "key_norm_share": float(norms[[k - 1 for k in keys]].sum() / norms.sum()),
+        "variance_fraction_phi_x_i": variance_fraction(phi, basis),
+        "variance_fraction_K_phi_x_i": variance_fraction(phi @ surrogate.current_operator().T, basis),
+        "variance_fraction_x_i": variance_fraction(x_i, basis),
+        "variance_fraction_chance": basis.shape[1] / (p * p - 1),
+        "spectrum_phi_x_i": frequency_spectrum(phi, p),
+        "dominant_modes": [
+            {
+                "modulus": float(abs(np.exp(vals[i]))),
+                "angle": float(a),
+                "nearest_key": int(k),
+                "distance": float(d),
+            }
+            for i, a, k, d in zip(dominant, angles, nearest, dist, strict=True)
+        ],
+        "mean_distance_dominant": float(dist.mean()),
+        "mean_distance_chance": chance_distance(p, keys),
+    }
