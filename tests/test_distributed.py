@@ -49,17 +49,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(store: Path, out: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(*target: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``target`` (a script and its arguments, or ``-m module ...``) on ``nproc`` local gloo ranks."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc)]
-    cmd += [
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
-        str(WORKER),
-        str(store),
-        str(out),
-    ]
+    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *target]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 
@@ -70,7 +63,7 @@ def two_ranks(tmp_path_factory):
     store = _store(root / "store")
     (root / "out").mkdir()
     start = time.perf_counter()
-    res = _torchrun(root / "store", root / "out")
+    res = _torchrun(str(WORKER), str(root / "store"), str(root / "out"))
     seconds = time.perf_counter() - start
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ranks = [
@@ -193,6 +186,7 @@ def test_init_from_env_without_torchrun_is_one_process(monkeypatch):
     assert ctx.mean_of({"a": 1.5}) == {"a": 1.5}
 
 
+@pytest.mark.slow
 def test_a_corrupt_shard_stops_every_rank_with_its_name(tmp_path):
     """A shard read by one rank only fails that rank; torchrun then stops the other (no hang) and the
     output names the shard and its checksum."""
@@ -202,6 +196,64 @@ def test_a_corrupt_shard_stops_every_rank_with_its_name(tmp_path):
     raw[-3] ^= 0xFF
     path.write_bytes(bytes(raw))
     (tmp_path / "out").mkdir()
-    res = _torchrun(tmp_path / "s", tmp_path / "out")
+    res = _torchrun(str(WORKER), str(tmp_path / "s"), str(tmp_path / "out"))
     assert res.returncode != 0
     assert "shard-00003.safetensors fails its checksum" in res.stdout + res.stderr
+
+
+def _fit_store_cli(store: Path, out: Path, *extra: str):
+    from helpers import runner
+
+    from koopmanlens.cli import app
+
+    args = ["fit-store", str(store), "--out", str(out), "--seed", "3", "--epochs", "3", "--batch-size", "32"]
+    return runner.invoke(app, [*args, "--no-progress", *extra])
+
+
+def test_fit_store_command_on_one_process(tmp_path):
+    """``koopmanlens fit-store``: the folder holds the preprocessing and the KAE that the library calls
+    give; a second call is refused without --resume and gives the same KAE with it."""
+    store = _store(tmp_path / "s")
+    res = _fit_store_cli(tmp_path / "s", tmp_path / "fit")
+    assert res.exit_code == 0, res.output
+    assert "3 epochs, last training state loss" in " ".join(res.output.split())
+    from koopmanlens.runs import load_kae, load_preprocessor
+
+    pre = fit_preprocessor(store)
+    assert _max_diff(load_preprocessor(tmp_path / "fit").state_dict(), pre.state_dict()) == 0.0
+    want = train_kae_stream(store, pre, "yinyang", seed=3, epochs=3, batch_size=32, progress=False)
+    assert _max_diff(load_kae(tmp_path / "fit", 3).state_dict(), want.state_dict()) == 0.0
+    info = json.loads((tmp_path / "fit" / "store.json").read_text())
+    assert (info["rows"], info["processes"], info["parts"]) == (N_ROWS, 1, 1)
+    assert (tmp_path / "fit" / "checkpoints" / "kae-seed-3.json").is_file()
+    again = _fit_store_cli(tmp_path / "s", tmp_path / "fit")
+    assert again.exit_code == 2 and "holds a fit already" in again.output
+    resumed = _fit_store_cli(tmp_path / "s", tmp_path / "fit", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert _max_diff(load_kae(tmp_path / "fit", 3).state_dict(), want.state_dict()) == 0.0
+
+
+@pytest.mark.slow
+def test_fit_store_command_under_torchrun(tmp_path):
+    """``torchrun --nproc-per-node 2 -m koopmanlens.cli fit-store``: two gloo ranks, rank 0 writes and
+    reports; one process with the same preprocessing (read back from a copy of the folder) and
+    ``parts=2`` trains the same KAE."""
+    import shutil
+
+    from koopmanlens.runs import load_kae
+    from koopmanlens.store_fit import fit_store
+
+    _store(tmp_path / "s")
+    args = ["fit-store", str(tmp_path / "s"), "--out", str(tmp_path / "two"), "--seed", "3", "--epochs", "3"]
+    res = _torchrun("-m", "koopmanlens.cli", *args, "--batch-size", "32", "--no-progress")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("fitted") == 1
+    info = json.loads((tmp_path / "two" / "store.json").read_text())
+    assert (info["processes"], info["parts"]) == (2, 2)
+    (tmp_path / "one").mkdir()
+    for name in ("preprocessing.json", "preprocessing.safetensors"):
+        shutil.copy(tmp_path / "two" / name, tmp_path / "one" / name)
+    kw = dict(seed=3, parts=2, resume=True, epochs=3, batch_size=32, progress=False)
+    fit_store(tmp_path / "s", tmp_path / "one", **kw)
+    two, one = (load_kae(tmp_path / f, 3).state_dict() for f in ("two", "one"))
+    assert _max_diff(two, one) < 1e-5
