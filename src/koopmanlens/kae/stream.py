@@ -154,13 +154,9 @@ def train_kae_stream(
     Args:
         store: raw (x_i, x_j) pairs; read once per epoch, never whole.
         preprocessor: a fitted :class:`PairPreprocessor` (e.g. ``PairPreprocessor().fit_stream(store)``).
-        preset: as in :func:`~koopmanlens.kae.trainer.train_kae`.
-        seed: as in ``train_kae``.
+        preset, seed, device, **overrides: as in :func:`~koopmanlens.kae.trainer.train_kae`.
         val: preprocessed held-out pairs, as in ``train_kae``.
-        log_path: as in ``train_kae`` (written by rank 0 only).
-        device: as in ``train_kae``.
-        progress: as in ``train_kae`` (rank 0 only).
-        **overrides: config fields, as in ``train_kae``.
+        log_path, progress: as in ``train_kae``, on rank 0 only.
         shuffle: ``True``: each epoch reads each part through its seeded shuffling buffer, with seeds
             drawn from a generator seeded by ``seed + 1``; ``False``: rows in store order.
         buffer_rows: the shuffling buffer of each part (:meth:`ActivationStore.iter_batches`).
