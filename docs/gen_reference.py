@@ -61,7 +61,13 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     (
         "store",
         "koopmanlens.store",
-        ["koopmanlens.store", "koopmanlens.moments", "koopmanlens.kae.stream"],
+        [
+            "koopmanlens.store",
+            "koopmanlens.moments",
+            "koopmanlens.kae.stream",
+            "koopmanlens.distributed",
+            "koopmanlens.store_fit",
+        ],
     ),
     (
         "data",

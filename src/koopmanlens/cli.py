@@ -240,9 +240,9 @@ def main() -> None:
 
 
 # the other commands register on ``app`` as their modules are imported, in this order: edit, topology,
-# report, ablate-isometry, spectrum (cli_analyses); run, specs, spec, layers (cli_spec)
+# report, ablate-isometry, spectrum (cli_analyses); run, specs, spec, layers (cli_spec); fit-store (cli_store)
 if __name__ != "__main__":
-    from koopmanlens import cli_analyses, cli_spec  # noqa: F401
+    from koopmanlens import cli_analyses, cli_spec, cli_store  # noqa: F401
 else:  # python -m koopmanlens.cli: run the app of the module koopmanlens.cli, which has every command
     from koopmanlens.cli import main as _main_of_module
 

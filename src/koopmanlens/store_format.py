@@ -6,7 +6,7 @@ Public names are re-exported by :mod:`koopmanlens.store`, which describes the fo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -194,13 +194,16 @@ class ActivationStore:
         buffer_rows: int | None = None,
         drop_last: bool = False,
         labels: bool = False,
+        shards: Sequence[int] | None = None,
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         """(x_i, x_j) batches (``labels``: (x_i, x_j, y)), one pass over the store.
 
         ``shuffle=False``: rows in store order. ``shuffle=True``: shard order permuted by ``seed`` and
         rows shuffled within a buffer of ``buffer_rows`` rows (default twice the larger of a shard and
         a batch); the same seed gives the same batches. Memory: at most about ``buffer_rows`` plus one
-        shard's rows are held (:func:`koopmanlens.store_shuffle.shuffled_batches`).
+        shard's rows are held (:func:`koopmanlens.store_shuffle.shuffled_batches`). ``shards``: read
+        only these shards (in the order given, permuted when shuffling), e.g. one data-parallel rank's
+        share (:mod:`koopmanlens.distributed`); ``None``: all of them.
         """
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be positive, got {batch_size}")
@@ -210,11 +213,13 @@ class ActivationStore:
             buffer_rows = 2 * max(self.manifest["rows_per_shard"], batch_size)
         if buffer_rows < batch_size:
             raise InputError(f"buffer_rows ({buffer_rows}) must be at least batch_size ({batch_size})")
+        order = list(range(self.n_shards)) if shards is None else [int(k) for k in shards]
+        if any(not 0 <= k < self.n_shards for k in order):
+            raise InputError(f"shards {order} are not all among the store's {self.n_shards}")
         gen = None
-        order = None
         if shuffle:
             gen = torch.Generator().manual_seed(int(seed))
-            order = torch.randperm(self.n_shards, generator=gen).tolist()
+            order = [order[k] for k in torch.randperm(len(order), generator=gen).tolist()]
         names = [*KEYS, "y"] if labels else list(KEYS)
         shards = ({n: s[n] for n in names} for s in self.iter_shards(order))
         for batch in shuffled_batches(shards, int(batch_size), int(buffer_rows), gen, drop_last):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -105,18 +105,22 @@ def run_epoch(
     step: int,
     total: int,
     lr_scale: float,
+    terms_fn: Callable[[object], dict[str, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, float], int, float]:
     """AdamW steps on ``batches`` of (x_i, x_j, waypoints or None), the learning rate set per step
     (triangular or constant, times ``lr_scale``). Returns the epoch's mean loss terms (and
-    ``"total"``), the step counter after the epoch and the last learning rate."""
+    ``"total"``), the step counter after the epoch and the last learning rate. ``terms_fn``: the
+    loss terms of one item of ``batches`` in place of :func:`kae_losses` (the data-parallel trainer's
+    per-part losses, :mod:`koopmanlens.distributed`; no trajectory term)."""
     acc, count, lr = None, 0, 0.0
-    for xb_i, xb_j, wp in batches:
+    for item in batches:
         lr = lr_scale * (
             triangular_lr(step, total, cfg.lr, cfg.warmup_frac) if cfg.schedule == "triangular" else cfg.lr
         )
         for group in opt.param_groups:
             group["lr"] = lr
-        terms = kae_losses(model, xb_i, xb_j, cfg, wp)
+        wp = None if terms_fn is not None else item[2]
+        terms = kae_losses(model, item[0], item[1], cfg, wp) if terms_fn is None else terms_fn(item)
         loss = sum(w * terms[t] for w, t in zip(cfg.weights, LOSS_TERMS, strict=True))
         if wp is not None:
             loss = loss + cfg.trajectory_weight * terms["trajectory"]
@@ -269,7 +273,8 @@ def training_session(
 @dataclass
 class KAETraining:
     """A KAE being trained, as both trainers drive it: the model, its optimiser, the generator of
-    the batch order, the ledger of its epochs, and the optimisation steps taken."""
+    the batch order, the ledger of its epochs, and the optimisation steps taken; ``terms_fn`` and
+    ``reduce`` are the data-parallel trainer's hooks (:meth:`epoch`)."""
 
     cfg: KAEConfig
     model: KoopmanAE
@@ -277,6 +282,8 @@ class KAETraining:
     gen: torch.Generator
     ledger: EpochLedger
     step: int = 0
+    terms_fn: Callable[[object], dict[str, torch.Tensor]] | None = None
+    reduce: Callable[[dict[str, float]], dict[str, float]] | None = None
 
     @classmethod
     def begin(
@@ -303,8 +310,13 @@ class KAETraining:
 
     def epoch(self, batches: Iterable[Batch], total: int, epoch: int) -> bool:
         """Run epoch ``epoch`` over ``batches`` (``total``: steps of the whole training, for the
-        learning-rate schedule) and record it; False when the divergence guard undid it."""
+        learning-rate schedule) and record it; False when the divergence guard undid it. With
+        ``terms_fn`` set, the steps use it for the loss terms; with ``reduce``, the epoch's mean terms
+        are combined by it before they are recorded (the mean over data-parallel ranks)."""
+        scale = self.ledger.guard["lr_scale"]
         sums, self.step, lr = run_epoch(
-            self.model, self.opt, self.cfg, batches, self.step, total, self.ledger.guard["lr_scale"]
+            self.model, self.opt, self.cfg, batches, self.step, total, scale, self.terms_fn
         )
+        if self.reduce is not None:
+            sums = self.reduce(sums)
         return self.ledger.close(self.model, self.opt, sums, epoch, lr)

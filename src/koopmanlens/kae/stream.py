@@ -3,8 +3,11 @@
 :func:`train_kae_stream` is :func:`~koopmanlens.kae.trainer.train_kae` with the batches read from the
 store and preprocessed one at a time; it runs the same steps and bookkeeping
 (:mod:`koopmanlens.kae.epoch`), so with the same seed and the same batches it gives the same model
-(the test reads the store in order and trains in memory with ``shuffle=False``). Left out here:
-checkpoints and all-layer waypoints (in-memory only for now).
+(the test reads the store in order and trains in memory with ``shuffle=False``). It trains data
+parallel over several processes (``torch.distributed``, :mod:`koopmanlens.distributed` has the design:
+``parts`` of each global batch, one reader per part) and checkpoints every ``checkpoint_every`` epochs
+(rank 0 writes; ``resume`` continues to the same weights). Left out here: all-layer waypoints
+(in-memory only for now).
 
 :func:`key_stats_from_store` accumulates the editing statistics (:class:`~koopmanlens.editing.KeyStats`,
 the Gram matrix of the observables phi(x_i)) over a store.
@@ -12,19 +15,25 @@ the Gram matrix of the observables phi(x_i)) over a store.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from koopmanlens.distributed import DistContext, reduce_key_stats, training_hooks
 from koopmanlens.edit_solvers import KeyStats
 from koopmanlens.errors import InputError
+from koopmanlens.io import tensor_digest
 from koopmanlens.kae.epoch import KAETraining, training_session
 from koopmanlens.kae.model import KoopmanAE
-from koopmanlens.kae.trainer import KAEConfig, _check_pair, kae_config
+from koopmanlens.kae.trainer import KAEConfig, _check_pair, _Checkpoint, kae_config
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.store import ActivationStore
+from koopmanlens.store_format import sha256_hex
 from koopmanlens.training import resolve_device
 
 if TYPE_CHECKING:
@@ -33,7 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["key_stats_from_store", "train_kae_stream"]
 
 
-def _check_fit(store: ActivationStore, pre: PairPreprocessor) -> None:
+def _check_fit(store: ActivationStore, pre: PairPreprocessor, val) -> None:
+    """The preprocessor is fitted and takes the store's widths; at least 2 rows; ``val`` is valid."""
     if not hasattr(pre, "rotation_"):
         raise InputError(
             "the preprocessor is not fitted; fit it first (e.g. PairPreprocessor().fit_stream(store))"
@@ -41,14 +51,84 @@ def _check_fit(store: ActivationStore, pre: PairPreprocessor) -> None:
     widths = (pre.scaler_i_.n_features_in_, pre.scaler_j_.n_features_in_)
     if store.widths != widths:
         raise InputError(f"the store holds widths {store.widths}, the preprocessor takes {widths}")
+    if store.n_rows < 2:
+        raise InputError("need at least 2 training pairs")
+    if val is not None:
+        _check_pair(val[0], val[1], "validation data")
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """How the store's rows are dealt out for data-parallel training (:mod:`koopmanlens.distributed`):
+    ``parts`` row partitions by shard (part p: shards p, p + P, ...), local batches of ``local_batch``
+    rows, ``steps`` per epoch (full local batches of the smallest part), this rank's ``mine``."""
+
+    parts: int
+    local_batch: int
+    steps: int
+    shards: tuple[tuple[int, ...], ...]
+    mine: tuple[int, ...]
+
+    @classmethod
+    def make(cls, store: ActivationStore, batch_size: int, parts: int, ctx: DistContext) -> PartPlan:
+        """The plan for global batches of ``batch_size`` rows in ``parts`` parts on ``ctx``'s ranks."""
+        if parts < 1 or parts % ctx.world_size:
+            raise InputError(f"parts ({parts}) must be a positive multiple of the {ctx.world_size} processes")
+        if batch_size % parts:
+            raise InputError(f"the batch size {batch_size} is not divisible into {parts} equal parts")
+        if store.n_shards < parts:
+            raise InputError(f"the store has {store.n_shards} shards, fewer than the {parts} parts")
+        shards = tuple(tuple(range(p, store.n_shards, parts)) for p in range(parts))
+        rows = [sum(store.manifest["shards"][k]["rows"] for k in part) for part in shards]
+        local = batch_size // parts
+        steps = min(rows) // local
+        if steps < 1:
+            raise InputError(f"a part holds only {min(rows)} rows, fewer than its local batch of {local}")
+        return cls(parts, local, steps, shards, tuple(range(ctx.rank, parts, ctx.world_size)))
 
 
 def _epoch_batches(
-    store: ActivationStore, pre: PairPreprocessor, bs: int, shuffle: bool, seed: int, buffer_rows, dev
-):
-    """Preprocessed (z_i, z_j, None) batches of one pass, the short last batch left out."""
-    for a, b in store.iter_batches(bs, shuffle=shuffle, seed=seed, buffer_rows=buffer_rows, drop_last=True):
-        yield pre.transform_i(a).float().to(dev), pre.transform_j(b).float().to(dev), None
+    store: ActivationStore,
+    pre: PairPreprocessor,
+    plan: PartPlan,
+    seeds: list[int],
+    reading: tuple[bool, int | None],
+    dev: torch.device,
+) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """This rank's preprocessed part batches [(z_i, z_j), ...] of each step of one epoch."""
+    reads = [
+        store.iter_batches(
+            plan.local_batch, reading[0], seeds[p], reading[1], drop_last=True, shards=plan.shards[p]
+        )
+        for p in plan.mine
+    ]
+    for _ in range(plan.steps):
+        yield [
+            (pre.transform_i(a).float().to(dev), pre.transform_j(b).float().to(dev))
+            for a, b in (next(r) for r in reads)
+        ]
+
+
+def store_identity(
+    store: ActivationStore, pre: PairPreprocessor, val, parts: int, shuffle: bool, buffer_rows
+) -> dict:
+    """What a training from a store is, for its checkpoint (beside seed and config): the store's
+    layers and shard checksums, the preprocessor, the validation data and the reading (parts, shuffle,
+    buffer). The number of processes is not part of it: a run may resume on another number."""
+    listing = json.dumps([store.manifest["layers"], store.manifest["shards"]], sort_keys=True)
+    return {
+        "data": sha256_hex(listing.encode()),
+        "preprocessor": tensor_digest(*pre.state_dict().values()),
+        "val": None if val is None else tensor_digest(*val),
+        "reading": {"parts": parts, "shuffle": shuffle, "buffer_rows": buffer_rows},
+    }
+
+
+def _save_checkpoint(ck: _Checkpoint, fit: KAETraining, epoch: int, ctx: DistContext) -> None:
+    """Rank 0 writes the checkpoint after ``epoch``; every rank waits until it is written."""
+    if ctx.is_main:
+        ck.save(fit.model, fit.opt, fit.gen, fit.ledger, epoch, fit.step)
+    ctx.barrier()
 
 
 def train_kae_stream(
@@ -62,6 +142,11 @@ def train_kae_stream(
     progress: bool = True,
     shuffle: bool = True,
     buffer_rows: int | None = None,
+    parts: int | None = None,
+    dist: DistContext | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
     **overrides: object,
 ) -> KoopmanAE:
     """Fit a KAE on the pairs of ``store``, each batch preprocessed by ``preprocessor`` as it is read.
@@ -69,63 +154,104 @@ def train_kae_stream(
     Args:
         store: raw (x_i, x_j) pairs; read once per epoch, never whole.
         preprocessor: a fitted :class:`PairPreprocessor` (e.g. ``PairPreprocessor().fit_stream(store)``).
-        preset: as in :func:`~koopmanlens.kae.trainer.train_kae`.
-        seed: as in ``train_kae``.
+        preset, seed, device, **overrides: as in :func:`~koopmanlens.kae.trainer.train_kae`.
         val: preprocessed held-out pairs, as in ``train_kae``.
-        log_path: as in ``train_kae``.
-        device: as in ``train_kae``.
-        progress: as in ``train_kae``.
-        **overrides: config fields, as in ``train_kae``.
-        shuffle: ``True``: each epoch reads the store through its seeded shuffling buffer, with a seed
+        log_path, progress: as in ``train_kae``, on rank 0 only.
+        shuffle: ``True``: each epoch reads each part through its seeded shuffling buffer, with seeds
             drawn from a generator seeded by ``seed + 1``; ``False``: rows in store order.
-        buffer_rows: the shuffling buffer (:meth:`ActivationStore.iter_batches`).
+        buffer_rows: the shuffling buffer of each part (:meth:`ActivationStore.iter_batches`).
+        parts: the row partitions of a global batch (default: the number of processes); the same
+            ``parts`` gives the same training on any number of processes dividing it
+            (:mod:`koopmanlens.distributed` has the design).
+        dist: the data-parallel context (default :meth:`DistContext.current`: the initialised process
+            group, or one process).
+        checkpoint: path stem of a checkpoint (``.safetensors`` + ``.json``, written by rank 0) every
+            ``checkpoint_every`` epochs and at the end; with ``resume`` training continues from it and
+            gives the same model as an uninterrupted run.
 
     Returns:
         The model in eval mode, on CPU, with ``history_``, ``best_epoch_``, ``train_seconds_``,
         ``config_`` attached, as from ``train_kae``.
     """
     cfg = kae_config(preset, **overrides)
-    _check_fit(store, preprocessor)
-    n = store.n_rows
-    if n < 2:
-        raise InputError("need at least 2 training pairs")
-    if val is not None:
-        _check_pair(val[0], val[1], "validation data")
+    _check_fit(store, preprocessor, val)
+    ctx = dist or DistContext.current()
+    plan = PartPlan.make(store, min(cfg.batch_size, store.n_rows), parts or ctx.world_size, ctx)
+    ck = None
+    if checkpoint is not None:
+        ident = store_identity(store, preprocessor, val, plan.parts, shuffle, buffer_rows)
+        ck = _Checkpoint(checkpoint, checkpoint_every, seed, {"seed": seed, "config": cfg.to_dict(), **ident})
     dev = resolve_device(device)
     start = time.perf_counter()
-    with training_session(cfg, dev, progress, log_path) as (bar, log):
+    log_path = log_path if ctx.is_main else None
+    with training_session(cfg, dev, progress and ctx.is_main, log_path) as (bar, log):
         fit = KAETraining.begin(cfg, preprocessor.dim_, seed, dev, val, log, bar, f"KAE seed {seed} (store)")
-        bs = min(cfg.batch_size, n)
-        total = cfg.epochs * max(1, n // bs)
-        fit.ledger.start(fit.model, fit.opt)
-        for epoch in range(cfg.epochs):
-            epoch_seed = int(torch.randint(0, 2**62, (1,), generator=fit.gen))
-            batches = _epoch_batches(store, preprocessor, bs, shuffle, epoch_seed, buffer_rows, dev)
-            if fit.epoch(batches, total, epoch):
-                fit.ledger.snapshot(fit.model, fit.opt)
+        _fit_from_store(fit, store, preprocessor, plan, (shuffle, buffer_rows), dev, ck, resume, ctx)
     return fit.ledger.finish(fit.model, dev, time.perf_counter() - start)
+
+
+def _fit_from_store(
+    fit: KAETraining,
+    store: ActivationStore,
+    pre: PairPreprocessor,
+    plan: PartPlan,
+    reading: tuple[bool, int | None],
+    dev: torch.device,
+    ck: _Checkpoint | None,
+    resume: bool,
+    ctx: DistContext,
+) -> None:
+    """Train ``fit`` for the epochs left, reading ``store`` by ``plan`` (``reading``: shuffle, buffer
+    rows): from the checkpoint ``ck`` with ``resume``, saved to it as configured."""
+    cfg = fit.cfg
+    first_epoch = 0
+    if ck is not None and resume:
+        fit.step, first_epoch = ck.restore(fit.model, fit.opt, fit.gen, fit.ledger, dev)
+        fit.ledger.bar.update(fit.ledger.task, completed=first_epoch)
+    fit.terms_fn, fit.reduce = training_hooks(fit.model, cfg, ctx, dev)
+    total = cfg.epochs * plan.steps
+    fit.ledger.start(fit.model, fit.opt)
+    for epoch in range(first_epoch, cfg.epochs):
+        seeds = torch.randint(0, 2**62, (plan.parts,), generator=fit.gen).tolist()
+        batches = _epoch_batches(store, pre, plan, seeds, reading, dev)
+        if not fit.epoch(batches, total, epoch):
+            continue
+        if ck is not None and ck.due(epoch, cfg.epochs):
+            _save_checkpoint(ck, fit, epoch, ctx)
+        fit.ledger.snapshot(fit.model, fit.opt)
 
 
 @torch.no_grad()
 def key_stats_from_store(
-    surrogate: Surrogate, store: ActivationStore, batch_size: int = 4096, by_class: bool = False
+    surrogate: Surrogate,
+    store: ActivationStore,
+    batch_size: int = 4096,
+    by_class: bool = False,
+    dist: DistContext | None = None,
 ) -> KeyStats | dict[int, KeyStats]:
     """The editing statistics of the observables phi(x_i) of every row of ``store``: the Gram matrix
     sum_n z_n z_n^T (p x p, float64) and the count, summed batch by batch, so equal to
     ``KeyStats.of(class_observables(surrogate, data).T)`` up to float64 summation order.
-    ``by_class``: one :class:`KeyStats` per label (the store must hold labels)."""
+    ``by_class``: one :class:`KeyStats` per label (the store must hold labels). ``dist`` (default: the
+    initialised process group, or one process): each rank reads its shards and the sums are
+    all-reduced (:func:`~koopmanlens.distributed.reduce_key_stats`); every rank gets the totals."""
     if store.layer_i != surrogate.layer_i:
         raise InputError(
             f"the store holds layer {store.layer_i!r}, the surrogate reads {surrogate.layer_i!r}"
         )
+    ctx = dist or DistContext.current()
     grams: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
-    for batch in store.iter_batches(batch_size, shuffle=False, labels=by_class):
+    mine = ctx.shards(store.n_shards)
+    for batch in store.iter_batches(batch_size, shuffle=False, labels=by_class, shards=mine):
         z = surrogate.encode_i(batch[0]).double()
         keys = batch[2] if by_class else torch.zeros(len(z), dtype=torch.long)
         for c in keys.unique().tolist():
             zc = z[keys == c] if by_class else z
             grams[c] = grams.get(c, 0) + zc.T @ zc
             counts[c] = counts.get(c, 0) + len(zc)
-    stats = {c: KeyStats(grams[c], counts[c]) for c in sorted(grams)}
+    if ctx.active:
+        stats = reduce_key_stats(grams, counts, surrogate.kae.observables, ctx)
+    else:
+        stats = {c: KeyStats(grams[c], counts[c]) for c in sorted(grams)}
     return stats if by_class else stats[0]
