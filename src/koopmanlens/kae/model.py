@@ -9,6 +9,9 @@ from torch import nn
 
 from koopmanlens.errors import InputError
 
+# fractional_operator_power moved to koopmanlens.operators; importable from here as before
+from koopmanlens.operators import fractional_operator_power  # noqa: F401
+
 #: Taylor degree of :func:`expm_taylor`.
 TAYLOR_DEGREE = 16
 #: Largest alpha(A) for which the degree-16 Taylor polynomial has backward error below the unit
@@ -119,33 +122,6 @@ def operator_power(generator: torch.Tensor, s: float, k: int, method: str = "tay
     if k < 1:
         raise InputError(f"k must be a positive number of steps, got {k}")
     return expm(generator * (float(s) / k), method)
-
-
-def fractional_operator_power(operator: torch.Tensor, s: float, k: int, tol: float = 1e-6) -> torch.Tensor:
-    """K^(s/k) for an operator that is not (or no longer) exp of a known generator, e.g. after an edit.
-
-    Computed by SciPy's Schur-Pade ``fractional_matrix_power`` in float64. A real operator can have a
-    complex fractional power (an eigenvalue on the negative real axis); when the imaginary part is
-    larger than ``tol`` relative to the real part, :class:`InputError` says the steps are unavailable.
-    """
-    import numpy as np
-    import scipy.linalg
-
-    if k < 1:
-        raise InputError(f"k must be a positive number of steps, got {k}")
-    frac = float(s) / k
-    if frac == 0:
-        return torch.eye(operator.shape[0], dtype=operator.dtype)
-    if frac == 1:
-        return operator.clone()
-    m = np.asarray(scipy.linalg.fractional_matrix_power(operator.detach().double().numpy(), frac))
-    imag = float(np.abs(m.imag).max()) if np.iscomplexobj(m) else 0.0
-    if imag > tol * max(1.0, float(np.abs(m.real).max())):
-        raise InputError(
-            f"the operator has no real {frac:g}-th power (imaginary part {imag:.2g}): its intermediate "
-            "steps are not available"
-        )
-    return torch.from_numpy(np.ascontiguousarray(m.real)).to(operator.dtype)
 
 
 def check_steps(steps: object, k: int) -> list[float]:
