@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from koopmanlens.errors import InputError
+from koopmanlens.fit_record import FitRecord, RecordField
 
 # fractional_operator_power moved to koopmanlens.operators; importable from here as before
 from koopmanlens.operators import fractional_operator_power  # noqa: F401
@@ -141,12 +142,28 @@ def check_steps(steps: object, k: int) -> list[float]:
     return vals
 
 
+def _kae_config(d: dict) -> object:
+    from koopmanlens.kae.trainer import KAEConfig
+
+    return KAEConfig.from_dict(d)
+
+
 class KoopmanAE(nn.Module):
     """Encoder Linear(q -> h) + LeakyReLU(0.01) + Linear(h -> p); decoder the untied mirror;
     generator G (p x p), initialised to 0 so that the operator starts at the identity.
 
-    Rows are samples throughout: ``encode`` maps (n, q) to (n, p).
+    Rows are samples throughout: ``encode`` maps (n, q) to (n, p). ``fit_record`` is what its
+    training recorded (:class:`~koopmanlens.fit_record.FitRecord`; ``None`` for an untrained KAE);
+    ``history_``, ``best_epoch_``, ``rollbacks_``, ``train_seconds_``, ``precision_`` and ``config_``
+    (a :class:`~koopmanlens.kae.KAEConfig`) read and write its fields.
     """
+
+    history_ = RecordField("history")
+    best_epoch_ = RecordField("best_epoch")
+    rollbacks_ = RecordField("rollbacks")
+    train_seconds_ = RecordField("seconds")
+    precision_ = RecordField("precision")
+    config_ = RecordField("config", load=_kae_config, dump=lambda cfg: cfg.to_dict())
 
     def __init__(
         self,
@@ -171,6 +188,7 @@ class KoopmanAE(nn.Module):
             nn.Linear(observables, hidden), nn.LeakyReLU(slope), nn.Linear(hidden, dim)
         )
         self.generator = nn.Parameter(torch.zeros(observables, observables))
+        self.fit_record: FitRecord | None = None
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != self.dim:
