@@ -159,6 +159,7 @@ def test_as_operator_reads_the_older_spellings():
     K = 2 * torch.eye(3)
     op = as_operator(K, kae)
     assert type(op) is MatrixOperator and op.tensor is K and op.k == 4
+    assert not op.is_own(kae) and not RecordedGenerator(kae.operator().detach(), 4).is_own(kae)
     with pytest.raises(InputError, match="a KoopmanOperator, a tensor or None, got list"):
         as_operator([[1.0]], kae)  # type: ignore[arg-type]
 

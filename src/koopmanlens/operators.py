@@ -101,6 +101,10 @@ class KoopmanOperator(ABC):
                 "KAE diverged or its weights are corrupt; refit it"
             )
 
+    def is_own(self, kae: KoopmanAE) -> bool:
+        """Whether this is ``kae``'s own trained operator (:meth:`GeneratorOperator.of`)."""
+        return False
+
     def bind(self, kae: KoopmanAE) -> KoopmanOperator:
         """This operator as a surrogate with ``kae`` uses it: :class:`InputError` unless it is
         (p, p) for the KAE's p observables and has the KAE's k; one without k takes the KAE's."""

@@ -22,7 +22,7 @@ from koopmanlens.errors import InputError
 from koopmanlens.kae import KAEConfig, KoopmanAE, train_kae
 from koopmanlens.kae.model import check_steps
 from koopmanlens.metrics import agreement, classification_metrics
-from koopmanlens.operators import GeneratorOperator, KoopmanOperator, as_operator
+from koopmanlens.operators import KoopmanOperator, as_operator
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.subject import predict_logits
 
@@ -103,10 +103,7 @@ class Surrogate:
     def operator(self) -> torch.Tensor | None:
         """The older spelling of :attr:`op`: ``None`` while the KAE's own generator is in use, else
         the operator's whole map (an edited matrix itself)."""
-        op = self._op
-        if isinstance(op, GeneratorOperator) and op.is_own(self.kae):
-            return None
-        return op.matrix
+        return None if self._op.is_own(self.kae) else self._op.matrix
 
     @operator.setter
     def operator(self, value: KoopmanOperator | torch.Tensor | None) -> None:
