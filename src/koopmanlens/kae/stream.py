@@ -170,8 +170,7 @@ def train_kae_stream(
             gives the same model as an uninterrupted run.
 
     Returns:
-        The model in eval mode, on CPU, with ``history_``, ``best_epoch_``, ``train_seconds_``,
-        ``config_`` attached, as from ``train_kae``.
+        The model in eval mode, on CPU, with its ``fit_record`` set, as from ``train_kae``.
     """
     cfg = kae_config(preset, **overrides)
     _check_fit(store, preprocessor, val)
