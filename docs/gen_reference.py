@@ -60,6 +60,9 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
         [
             "koopmanlens.tokens",
             "koopmanlens.lm_metrics",
+            "koopmanlens.lm_testbeds",
+            "koopmanlens.lm_run",
+            "koopmanlens.lm_artifacts",
             "koopmanlens.testbeds.modadd",
             "koopmanlens.testbeds.fourier",
         ],
