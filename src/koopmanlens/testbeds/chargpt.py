@@ -178,7 +178,7 @@ class CharGPTConfig:
     seq_len: int = 64
     vocab_size: int = VOCAB_SIZE
     dropout: float = 0.0
-    lr: float = 3e-3
+    lr: float = 4e-3
     batch_size: int = 32
     steps: int = 1200
     warmup: int = 100
