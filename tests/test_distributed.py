@@ -257,3 +257,23 @@ def test_fit_store_command_under_torchrun(tmp_path):
     fit_store(tmp_path / "s", tmp_path / "one", **kw)
     two, one = (load_kae(tmp_path / f, 3).state_dict() for f in ("two", "one"))
     assert _max_diff(two, one) < 1e-5
+
+
+def test_preprocessing_in_parts_is_the_merge_of_the_parts_in_order(tmp_path):
+    """``fit_preprocessor(parts=P)``: the moments of part p (shards p, p + P, ...) merged in part order,
+    whatever the number of processes; ``parts=1`` is ``fit_stream`` to the bit."""
+    from koopmanlens.distributed import reduce_part_moments
+    from koopmanlens.moments import accumulate
+
+    store = _store(tmp_path / "s")
+    one = fit_preprocessor(store, parts=1)
+    assert _max_diff(one.state_dict(), PairPreprocessor().fit_stream(store).state_dict()) == 0.0
+    parts = [accumulate((s["x_i"], s["x_j"]) for s in store.iter_shards(range(p, 9, 3))) for p in range(3)]
+    want = parts[0].merge(parts[1]).merge(parts[2])
+    got = reduce_part_moments(store, 3, DistContext())
+    assert got.n == N_ROWS and torch.equal(got.cross, want.cross)
+    assert torch.equal(got.scatter_i, want.scatter_i) and torch.equal(got.mean_j, want.mean_j)
+    three = fit_preprocessor(store, parts=3)
+    assert _max_diff(three.state_dict(), one.state_dict()) < 1e-10
+    with pytest.raises(InputError, match="multiple of the 2 processes"):
+        reduce_part_moments(store, 3, DistContext(0, 2))

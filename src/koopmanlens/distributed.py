@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import torch
@@ -78,6 +79,7 @@ __all__ = [
     "init_from_env",
     "reduce_key_stats",
     "reduce_moments",
+    "reduce_part_moments",
     "training_hooks",
 ]
 
@@ -148,10 +150,11 @@ class DistContext:
         return dict(zip(keys, t.tolist(), strict=True))
 
 
-def init_from_env(device: str | torch.device | None = None) -> DistContext:
+def init_from_env(device: str | torch.device | None = None, timeout: timedelta | None = None) -> DistContext:
     """Join the process group described by torchrun's environment when ``WORLD_SIZE`` > 1 (backend
     gloo for a CPU ``device``, nccl for CUDA, whose rank then uses GPU ``LOCAL_RANK``); a single-process
-    context otherwise. An already initialised group is used as it is."""
+    context otherwise. An already initialised group is used as it is. ``timeout``: how long a
+    collective waits for the other ranks (default: torch's)."""
     if dist.is_available() and dist.is_initialized():
         return DistContext.current()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -162,7 +165,8 @@ def init_from_env(device: str | torch.device | None = None) -> DistContext:
     cuda = torch.device(device or "cpu").type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    kw = {} if timeout is None else {"timeout": timeout}
+    dist.init_process_group(backend="nccl" if cuda else "gloo", **kw)
     return DistContext.current()
 
 
@@ -205,14 +209,47 @@ def fit_preprocessor(
     ctx: DistContext | None = None,
     q: int | None = None,
     scaler_j: LayerScaler | None = None,
+    parts: int | None = None,
 ) -> PairPreprocessor:
     """:meth:`PairPreprocessor.fit_stream` over ``store`` with the rows shared out among the ranks:
     each reads its shards (:meth:`DistContext.shards`), the moments are combined by
-    :func:`reduce_moments`, and every rank fits the identical preprocessor (``q``: its width)."""
+    :func:`reduce_moments`, and every rank fits the identical preprocessor (``q``: its width).
+
+    ``parts`` (a multiple of the number of processes): the moments are taken per part instead (part
+    p: shards p, p + P, ..., as the training deals them out; rank r accumulates parts r, r + W, ...)
+    and merged in part order (:func:`reduce_part_moments`), so the preprocessor is the same to the
+    bit on any number of processes dividing ``parts``; ``parts=1`` is ``fit_stream``'s order."""
     ctx = ctx or DistContext.current()
+    if parts is not None:
+        return PairPreprocessor(q).fit_moments(reduce_part_moments(store, parts, ctx), scaler_j)
     mine = ctx.shards(store.n_shards)
     part = accumulate((s["x_i"], s["x_j"]) for s in store.iter_shards(mine)) if mine else None
     return PairPreprocessor(q).fit_moments(reduce_moments(part, store.widths, ctx), scaler_j)
+
+
+def reduce_part_moments(store: ActivationStore, parts: int, ctx: DistContext) -> PairMoments:
+    """The moments of all rows, merged part by part in part order (part p: shards p, p + P, ...,
+    each accumulated in shard order): rank r accumulates parts r, r + W, ..., the P / W packed
+    vectors of each rank are ``all_gather``-ed and every rank merges all P in order. The result
+    depends on ``parts``, not on the number of processes."""
+    if parts < 1 or parts % ctx.world_size:
+        raise InputError(f"parts ({parts}) must be a positive multiple of the {ctx.world_size} processes")
+    di, dj = store.widths
+    mine = range(ctx.rank, parts, ctx.world_size)
+    packed = []
+    for p in mine:
+        shards = range(p, store.n_shards, parts)
+        m = accumulate((s["x_i"], s["x_j"]) for s in store.iter_shards(shards)) if shards else None
+        packed.append(_pack(m, di, dj))
+    gathered = ctx.all_gather(torch.stack(packed))  # rank r's k-th row is part r + k W
+    total: PairMoments | None = None
+    for p in range(parts):
+        m = _unpack(gathered[p % ctx.world_size][p // ctx.world_size], di, dj)
+        if m is not None:
+            total = m if total is None else total.merge(m)
+    if total is None:
+        raise InputError("no rows to fit the preprocessing on")
+    return total
 
 
 def reduce_key_stats(
