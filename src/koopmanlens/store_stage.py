@@ -17,9 +17,10 @@ Who does what (W processes launched by torchrun; rank 0 is the one that writes):
   the run folder and its report); the other ranks leave (exit 0) without writing anything.
 
 The store is ``--store DIR`` (kept) or the run folder's ``store/`` (removed with the checkpoints when
-the run is complete). ``checkpoints/store.json`` ties the store to the run that captured it (folder,
-layers, a digest of the network): ``--resume`` reuses only that store and continues its capture if it
-was interrupted; without ``--resume`` a folder that holds a store already is refused.
+the run is complete). ``checkpoints/store.json`` ties the store to the run that captured it (layers,
+rows per shard, a digest of the network; the inputs are checked by the store's own digest):
+``--resume`` reuses only that store and continues its capture if it was interrupted; without
+``--resume`` a folder that holds a store already is refused.
 """
 
 from __future__ import annotations
@@ -120,9 +121,9 @@ def _capture(network: nn.Module, train: Dataset, val: Dataset | None, span: tupl
     validation split's into ``checkpoints/validation.safetensors``."""
     layer_i, layer_j = span
     ident = {
-        "store": str(run.folder.resolve()),
         "layers": [layer_i, layer_j],
         "network": tensor_digest(*(v.reshape(-1) for v in network.state_dict().values())),
+        "rows_per_shard": run.rows_per_shard,
     }
     mark = how.checkpoints / "store.json"
     if (run.folder / MANIFEST).exists():
@@ -133,8 +134,8 @@ def _capture(network: nn.Module, train: Dataset, val: Dataset | None, span: tupl
             )
         if not mark.is_file() or read_json(mark) != ident:
             raise ArtifactError(
-                f"{run.folder} holds an activation store that this run did not capture (another network, "
-                "span or folder); remove it or give another --store folder"
+                f"{run.folder} holds an activation store that this run did not capture (of another network "
+                "or span); remove it or give another --store folder"
             )
     write_json(mark, ident)
     capture_to_store(network, train, layer_i, layer_j, run.folder, run.rows_per_shard,
