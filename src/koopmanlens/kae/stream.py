@@ -150,13 +150,13 @@ def train_kae_stream(
     **overrides: object,
 ) -> KoopmanAE:
     """Fit a KAE on the pairs of ``store``, each batch preprocessed by ``preprocessor`` as it is read.
+    ``preset``, ``seed``, ``device``, ``**overrides``, ``log_path`` and ``progress`` (the last two on
+    rank 0 only) are as in :func:`~koopmanlens.kae.trainer.train_kae`.
 
     Args:
         store: raw (x_i, x_j) pairs; read once per epoch, never whole.
         preprocessor: a fitted :class:`PairPreprocessor` (e.g. ``PairPreprocessor().fit_stream(store)``).
-        preset, seed, device, **overrides: as in :func:`~koopmanlens.kae.trainer.train_kae`.
         val: preprocessed held-out pairs, as in ``train_kae``.
-        log_path, progress: as in ``train_kae``, on rank 0 only.
         shuffle: ``True``: each epoch reads each part through its seeded shuffling buffer, with seeds
             drawn from a generator seeded by ``seed + 1``; ``False``: rows in store order.
         buffer_rows: the shuffling buffer of each part (:meth:`ActivationStore.iter_batches`).
