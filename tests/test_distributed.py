@@ -125,8 +125,9 @@ def test_two_processes_train_the_weights_of_one(two_ranks):
     two processes. The two may differ only by the order of floating-point additions of the gradient
     contributions (autograd's accumulation of the two parts versus the gloo all-reduce of the two
     ranks' gradients, halved): a few float32 ulps per step, grown over 48 AdamW steps; the bound
-    1e-5 allows for that (measured here: bit-identical weights). The logged epoch terms are float32
-    means taken in another order (per step over parts, versus per rank over steps, then over ranks)."""
+    1e-5 allows for that (measured here: bit-identical weights). The logged epoch terms are kept per
+    part and averaged over the parts in part order on any number of processes, so with equal weights
+    the logs are equal too."""
     store, ranks, _ = two_ranks
     (t0, rec0), (t1, _) = ranks
     assert all(torch.equal(t0[k], t1[k]) for k in t0 if k.startswith("full."))  # identical replicas
@@ -134,9 +135,7 @@ def test_two_processes_train_the_weights_of_one(two_ranks):
     one = train_kae_stream(store, pre, seed=3, val=val_pairs(pre, store), parts=2, **KAE)
     assert _max_diff(_part(t0, "full"), one.state_dict()) < 1e-5
     assert len(rec0["history"]) == len(one.history_) == KAE["epochs"]
-    for got, want in zip(rec0["history"], one.history_, strict=True):
-        assert got.keys() == want.keys() and got["epoch"] == want["epoch"]
-        assert all(got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-7) for k in want)
+    assert rec0["history"] == one.history_  # (measured: equal to the bit)
     # another parting is another training (other global batches), not the same one
     assert _max_diff(_part(t0, "full"), train_kae_stream(store, pre, seed=3, **KAE).state_dict()) > 1e-3
 

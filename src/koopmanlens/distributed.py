@@ -35,8 +35,10 @@ floating-point additions of the gradient contributions. The decomposable loss te
 linear, state: means over rows) of the mean of P equal parts equal those of the whole global batch;
 the pairwise isometry term is a mean over in-part pairs. With ``parts=1`` (one process) training is
 exactly :func:`~koopmanlens.kae.stream.train_kae_stream`'s single-reader order. The epoch's logged
-loss terms are the mean over ranks (``all_reduce``), so the divergence guard and the best-epoch choice
-decide alike on every rank and the weights stay identical on all ranks.
+loss terms are kept per part (a float32 mean over the steps of each part), ``all_gather``-ed and
+averaged over the P parts in part order in float64 (:func:`part_means`), so the divergence guard and
+the best-epoch choice decide alike on every rank, the weights stay identical on all ranks, and the log
+is the same for any W dividing P.
 
 **Checkpoints.** Rank 0 writes the checkpoint (atomically, safetensors + JSON, the in-memory trainer's
 format) and every rank waits at a barrier; on ``resume`` every rank reads it (the folder must be shared
@@ -60,7 +62,7 @@ import torch
 import torch.distributed as dist
 
 from koopmanlens.errors import InputError
-from koopmanlens.kae.epoch import kae_losses
+from koopmanlens.kae.epoch import ALL_TERMS, LOSS_TERMS, kae_losses
 from koopmanlens.moments import PairMoments, accumulate
 from koopmanlens.preprocessing import LayerScaler, PairPreprocessor
 
@@ -77,6 +79,7 @@ __all__ = [
     "PartLosses",
     "fit_preprocessor",
     "init_from_env",
+    "part_means",
     "reduce_key_stats",
     "reduce_moments",
     "reduce_part_moments",
@@ -285,21 +288,44 @@ class PartLosses(torch.nn.Module):
 
     def forward(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
         terms = [kae_losses(self.model, a, b, self.cfg) for a, b in parts]
+        rows = torch.stack([self._logged(t) for t in terms])
         if len(terms) == 1:
-            return terms[0]
-        return {k: torch.stack([t[k] for t in terms]).mean() for k in terms[0]}
+            return {**terms[0], "parts": rows}
+        return {**{k: torch.stack([t[k] for t in terms]).mean() for k in terms[0]}, "parts": rows}
+
+    def _logged(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One part's logged terms (detached): :data:`ALL_TERMS` and the weighted loss."""
+        d = {k: v.detach() for k, v in terms.items()}
+        loss = sum(w * d[t] for w, t in zip(self.cfg.weights, LOSS_TERMS, strict=True))
+        return torch.stack([d[t] for t in ALL_TERMS] + [loss])
+
+
+def part_means(ctx: DistContext, parts: int) -> Callable[[dict], dict[str, float]]:
+    """The trainer's reduce: the epoch's per-part mean terms of every rank (rank r: parts r, r + W,
+    ...) ``all_gather``-ed and averaged over the ``parts`` in part order, in float64, so the logged
+    terms (and the divergence guard that reads them) are the same on every rank and for any number of
+    processes dividing ``parts``."""
+
+    def reduce(sums: dict) -> dict[str, float]:
+        gathered = ctx.all_gather(sums["parts"])
+        total = gathered[0][0]
+        for p in range(1, parts):
+            total = total + gathered[p % ctx.world_size][p // ctx.world_size]
+        return dict(zip((*ALL_TERMS, "total"), (total / parts).tolist(), strict=True))
+
+    return reduce
 
 
 def training_hooks(
-    model: KoopmanAE, cfg: KAEConfig, ctx: DistContext, dev: torch.device
-) -> tuple[Callable, Callable | None]:
+    model: KoopmanAE, cfg: KAEConfig, ctx: DistContext, dev: torch.device, parts: int
+) -> tuple[Callable, Callable]:
     """The trainer's hooks (:class:`~koopmanlens.kae.epoch.KAETraining`): the per-step loss terms of
     this rank's part batches, through ``DistributedDataParallel`` when there are several ranks, and
-    the mean over ranks of the epoch's loss terms (``None`` for one process)."""
+    the epoch's logged terms averaged over the ``parts`` (:func:`part_means`)."""
     module = PartLosses(model, cfg)
     if not ctx.active:
-        return module, None
+        return module, part_means(ctx, parts)
     ids = None
     if dev.type == "cuda":
         ids = [dev.index if dev.index is not None else torch.cuda.current_device()]
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids), ctx.mean_of
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids), part_means(ctx, parts)
