@@ -27,7 +27,7 @@ from koopmanlens.spec import load_spec, save_spec, spec_from_dict
 
 WORKER = Path(__file__).with_name("run_worker.py")
 SHRINK = {
-    "seeds": 1,
+    "seeds": 2,
     "data.n_train": 400,
     "data.n_val": 100,
     "data.n_test": 200,
@@ -40,7 +40,7 @@ STORE = {"store.parts": 2, "store.rows_per_shard": 50}  # 400 rows: 8 shards, 2 
 
 
 def _spec(folder: Path, store: bool = True) -> Path:
-    """yinyang-quick shrunk to seconds (one seed, 5 subject and 4 KAE epochs, no topology), with the
+    """yinyang-quick shrunk to seconds (two seeds, 5 subject and 4 KAE epochs, no topology), with the
     store table or without it (in memory); written to ``folder``/spec.toml."""
     spec = load_spec("yinyang-quick")[0].replace(**SHRINK, **(STORE if store else {}))
     return save_spec(spec, folder / ("store.toml" if store else "memory.toml"))
@@ -74,7 +74,9 @@ def _torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProces
 
 
 def _kae(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "kae" / "seed-0.safetensors"))
+    """The KAEs of seeds 0 and 1, as one state dict."""
+    seeds = [load_file(str(out / "kae" / f"seed-{s}.safetensors")) for s in (0, 1)]
+    return {f"{s}.{k}": v for s, state in enumerate(seeds) for k, v in state.items()}
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -83,9 +85,9 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 def _differences(a: object, b: object, path: str = "") -> list[str]:
-    """Where two metrics differ, leaving out timings (``timing_s`` and every ``*seconds`` key)."""
+    """Where two metrics differ, leaving out timings (``timing_s`` and every key naming ``seconds``)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(k for k in set(a) | set(b) if k != "timing_s" and not k.endswith("seconds"))
+        keys = sorted(k for k in set(a) | set(b) if k != "timing_s" and "seconds" not in k)
         return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{path}{k}.")]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         pairs = enumerate(zip(a, b, strict=True))
