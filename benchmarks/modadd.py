@@ -134,9 +134,7 @@ def edit_block(model, sur, splits, forget: int) -> dict:
     x_i = capture_tokens(model, splits.train_x, [LAYER_I], positions=[EQUALS_POSITION])[LAYER_I]
     train = Dataset(splits.train_x.float(), splits.train_y)
     edit = unlearn_class(sur, train, forget, method="emmet-kmeans", observables=sur.encode_i(x_i).double())
-    edited = TokenSurrogate(
-        model, LAYER_I, LAYER_J, sur.preprocessor, sur.kae, sur.positions, edit.operator_after.float()
-    )
+    edited = edit.apply(sur)  # a TokenSurrogate with the same positions and the edited operator
     on_c = splits.test_y == forget
     out = {"forget": forget, "into": edit.into, "method": edit.method, "params": edit.params}
     for name, s in (("before", sur), ("after", edited)):

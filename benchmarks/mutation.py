@@ -64,6 +64,10 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
         ],
         None,
     ),
+    "operators.py": (
+        ["tests/test_operators.py", "tests/test_surrogate_exact.py", "tests/test_editing.py"],
+        None,
+    ),
     "edit_solvers.py": (
         ["tests/test_edit_solvers_exact.py", "tests/test_editing.py", "tests/test_alphaedit.py"],
         None,
@@ -102,9 +106,9 @@ NAMED: dict[str, tuple[str, str, str, list[str]]] = {
         ["tests/test_kae.py"],
     ),
     "edited operator's steps use the whole edited map": (
-        "surrogate.py",
-        "return torch.stack([z @ fractional_operator_power(self.operator, s, k).T for s in steps])",
-        "return torch.stack([z @ self.operator.T for s in steps])",
+        "operators.py",
+        "return fractional_operator_power(self.tensor, s, self._k())",
+        "return self.tensor",
         ["tests/test_surrogate_exact.py"],
     ),
     "no Procrustes rotation in PairPreprocessor.fit": (

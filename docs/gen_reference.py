@@ -32,13 +32,19 @@ TUTORIALS = DOCS / "tutorials"
 
 #: One API page per entry: (page name, title, modules rendered on it by mkdocstrings).
 API_PAGES: list[tuple[str, str, list[str]]] = [
-    ("surrogate", "koopmanlens.surrogate", ["koopmanlens.surrogate"]),
+    ("surrogate", "koopmanlens.surrogate", ["koopmanlens.surrogate", "koopmanlens.operators"]),
     ("capture", "koopmanlens.capture", ["koopmanlens.capture"]),
     ("preprocessing", "koopmanlens.preprocessing", ["koopmanlens.preprocessing"]),
     (
         "kae",
         "koopmanlens.kae",
-        ["koopmanlens.kae", "koopmanlens.kae.model", "koopmanlens.kae.losses", "koopmanlens.kae.trainer"],
+        [
+            "koopmanlens.kae",
+            "koopmanlens.kae.model",
+            "koopmanlens.kae.losses",
+            "koopmanlens.kae.trainer",
+            "koopmanlens.fit_record",
+        ],
     ),
     ("editing", "koopmanlens.editing", ["koopmanlens.editing"]),
     ("edit_solvers", "koopmanlens.edit_solvers", ["koopmanlens.edit_solvers"]),
@@ -54,6 +60,9 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
         [
             "koopmanlens.tokens",
             "koopmanlens.lm_metrics",
+            "koopmanlens.lm_testbeds",
+            "koopmanlens.lm_run",
+            "koopmanlens.lm_artifacts",
             "koopmanlens.testbeds.modadd",
             "koopmanlens.testbeds.fourier",
         ],

@@ -189,7 +189,7 @@ def test_cli_show_report_and_refusals(quick_run):
     assert "fourier-spectrum" in page and "CE sc. zero" in page
     refused = runner.invoke(app, ["topology", str(out)])
     assert refused.exit_code == 2
-    assert "sequence-model (per-token) run" in refused.output
+    assert "sequence-model (per-token) run" in " ".join(refused.output.split())
 
 
 def test_frequency_spectrum_finds_a_planted_frequency():

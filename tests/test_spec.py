@@ -24,10 +24,12 @@ runner = CliRunner()
 
 
 def test_builtin_specs_are_the_documented_ones():
-    assert builtin_specs() == ["mnist", "mnist-fast", "yinyang", "yinyang-paper", "yinyang-quick"]
+    assert builtin_specs() == [
+        "mnist", "mnist-fast", "modadd", "modadd-quick", "yinyang", "yinyang-paper", "yinyang-quick",
+    ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["mnist", "mnist-fast", "yinyang", "yinyang-paper", "yinyang-quick"])
+@pytest.mark.parametrize("name", builtin_specs())
 def test_spec_round_trips(name, tmp_path):
     spec, base = load_spec(name)
     assert base is None

@@ -56,14 +56,18 @@ print(f"method {edit.method}, lam {edit.params['lam']}, {edit.seconds * 1000:.0f
 
 # %% [markdown]
 # `apply` returns a **new** surrogate that shares the network, the preprocessing and the KAE with
-# `sur` and uses the edited operator; `sur` itself is unchanged.
+# `sur` and uses the edited operator; `sur` itself is unchanged (a surrogate is immutable:
+# `sur.with_operator(op)` is how any other operator is put in). A surrogate's operator, `sur.op`,
+# is an object: the trained KAE's `GeneratorOperator` (step s is exp(sG/k)) or an edited
+# `MatrixOperator` (step s is the fractional power K'^(s/k)).
 
 # %%
 forgot = edit.apply(sur)
 after = forgot.evaluate(test)
 for c, name in enumerate(train.class_names):
     print(f"class {c} ({name:>4}): {before['per_class'][c]:6.1%} -> {after['per_class'][c]:6.1%}")
-assert sur.operator is None  # the original still uses exp(G)
+assert sur.op.is_own(sur.kae)  # the original still uses the KAE's own exp(G)
+print("operators:", sur.op, "->", forgot.op)
 
 # %% [markdown]
 # `evaluate_edit` gives the numbers Table 1 reports: the accuracy on the forgotten class before and
@@ -76,9 +80,10 @@ print({k: round(v, 4) for k, v in report.items() if k.startswith(("target", "oth
 # %% [markdown]
 # ## Inspect it
 #
-# An `Edit` holds both operators (p x p, float64, column convention `z_next = K z`), the parameters
-# and the solver's diagnostics (residuals, condition numbers). How large is the change, and how
-# much of the spectrum moved?
+# An `Edit` holds both operators (`edit.before`, `edit.after`; their whole maps as p x p float64
+# matrices, column convention `z_next = K z`, are `edit.operator_before` and `edit.operator_after`),
+# the parameters and the solver's diagnostics (residuals, condition numbers). How large is the
+# change, and how much of the spectrum moved?
 
 # %%
 K0, K1 = edit.operator_before, edit.operator_after
@@ -86,7 +91,7 @@ print(f"relative change ||K' - K|| / ||K|| = {float(torch.linalg.norm(K1 - K0) /
 print(f"rank of the change: {int(torch.linalg.matrix_rank(K1 - K0))} of {K0.shape[0]}")
 print(
     "spectral radius before / after:",
-    [round(float(torch.linalg.eigvals(K).abs().max()), 3) for K in (K0, K1)],
+    [round(float(op.eigvals().abs().max()), 3) for op in (edit.before, edit.after)],
 )
 print("diagnostics:", sorted(edit.diagnostics))
 
@@ -107,7 +112,8 @@ print(
 
 # %% [markdown]
 # The edited matrix is no longer the exponential of a generator, so the intermediate steps come
-# from its fractional matrix power K'^(s/k), or a clear error when that power is not real:
+# from its fractional matrix power K'^(s/k) (`forgot.op.power(s)`), or a clear error when that
+# power is not real:
 
 # %%
 try:
@@ -119,12 +125,12 @@ except kl.InputError as exc:
 # %% [markdown]
 # ## Revert it, save it, load it
 #
-# `revert` gives a surrogate whose operator is exactly the one before the edit (here: no override,
-# exp(G) again), so every prediction is the original's.
+# `revert` gives a surrogate whose operator is exactly the one before the edit (here: the KAE's own
+# generator, exp(G) again), so every prediction is the original's.
 
 # %%
 original = edit.revert(forgot)
-assert original.operator is None
+assert original.op.is_own(original.kae)
 assert torch.equal(original.current_operator(), sur.current_operator())
 assert original.evaluate(test)["per_class"] == before["per_class"]
 print("reverted: per-class accuracy", [f"{a:.1%}" for a in original.evaluate(test)["per_class"]])

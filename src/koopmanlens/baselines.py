@@ -23,13 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from koopmanlens.capture import capture, check_finite, get_module
+from koopmanlens.capture import capture, check_finite, get_module, splice_hooks, spliced_logits
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.metrics import agreement, classification_metrics
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.subject import predict_logits
-from koopmanlens.surrogate import splice_hooks, spliced_logits
 
 #: Ridge values tried (relative to the mean eigenvalue of the centred Gram; see :func:`ridge_fit`).
 RIDGE_GRID = (0.0, 1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)

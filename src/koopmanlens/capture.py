@@ -1,4 +1,5 @@
-"""Outputs of named modules of any ``torch.nn.Module``, captured with forward hooks.
+"""Outputs of named modules of any ``torch.nn.Module``, captured with forward hooks (and replaced:
+:func:`splice_hooks`, :func:`spliced_logits`, which the surrogate splices in with).
 
 Names are those of ``model.named_modules()`` (``"blocks.3"``, ``"layer2.0.conv1"``...). Capture runs in
 eval mode without gradients, batched, and always removes its hooks, even when the forward pass fails.
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from koopmanlens.errors import InputError, LayerNotFoundError
+from koopmanlens.subject import predict_logits
 
 
 def module_names(model: nn.Module) -> list[str]:
@@ -117,3 +119,34 @@ def capture(
         if check:
             check_finite(result[name], f"the representation at layer {name!r}")
     return result
+
+
+def splice_hooks(
+    layer_i: str, layer_j: str, predict: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, Callable]:
+    """Forward hooks that replace layer j's output by ``predict(x_i)`` (x_i: layer i's output of the
+    same forward pass, flattened to rows), reshaped and cast to what layer j returned."""
+    stash: dict[str, torch.Tensor] = {}
+
+    def at_i(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        stash["x_i"] = out.detach()
+
+    def at_j(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
+        if "x_i" not in stash:
+            raise InputError(
+                f"layer {layer_j!r} ran before layer {layer_i!r}: layer_i must come first in the forward pass"
+            )
+        pred = predict(stash.pop("x_i").flatten(1))
+        return pred.reshape(out.shape).to(dtype=out.dtype, device=out.device)
+
+    return {layer_i: at_i, layer_j: at_j}
+
+
+def spliced_logits(
+    network: nn.Module, hook_map: dict[str, Callable], x: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Logits of ``network`` on ``x`` with the forward hooks of ``hook_map`` in place (removed after)."""
+    if len(x) == 0:
+        raise InputError("no inputs")
+    with hooks(network, hook_map):
+        return predict_logits(network, x, batch_size)

@@ -155,9 +155,9 @@ def report(
 
     try:
         with open_run_for_update(run_dir, "report"):
-            read_run_info(run_dir)
+            info = read_run_info(run_dir)
             read_metrics(run_dir)
-            if not (run_dir / "views.safetensors").exists():
+            if not info.get("per_token") and not (run_dir / "views.safetensors").exists():
                 run, train, test = cli._load(run_dir, data_dir)
                 edits = (run.metrics.get("editing") or {}).get("per_class", [])
                 pipeline.write_views(

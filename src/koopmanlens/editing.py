@@ -41,6 +41,7 @@ from koopmanlens.edit_solvers import (
     reduce_keys,
 )
 from koopmanlens.errors import IllConditionedWarning, InputError
+from koopmanlens.operators import MatrixOperator
 from koopmanlens.surrogate import Surrogate
 
 __all__ = [
@@ -199,7 +200,8 @@ def unlearn_class(
         method, surrogate, train, forget, W, K_E, centroids[into], K_0, params, lam, lambda_mom2, n_keys, tune
     )
     seconds = time.perf_counter() - start
-    return Edit(forget, into, method, params, W, W_new, surrogate.operator is None, diag, seconds)
+    after = MatrixOperator(W_new, surrogate.kae.k)
+    return Edit(forget, into, method, params, surrogate.op, after, diagnostics=diag, seconds=seconds)
 
 
 def _run_method(method, surrogate, train, forget, W, K_E, value, K_0, params, lam, lambda_mom2, n_keys, tune):
@@ -280,6 +282,7 @@ def _auto_lam(surrogate, train, forget, W, K_E, V_E, K_0, lambda_norm, max_acc, 
         with warnings.catch_warnings():  # only the final solve's conditioning is reported
             warnings.simplefilter("ignore", IllConditionedWarning)
             W_new, _ = memit(W, K_E, V_E, K_0, lam=lam, lambda_norm=lambda_norm)
+        # a plain Surrogate of the candidate operator, built by name (tests stand a fake in for it)
         sur = Surrogate(
             surrogate.network,
             surrogate.layer_i,

@@ -150,10 +150,7 @@ def edits_block(fit: TokenFit, data: dict[str, TokenData], spec: ExperimentSpec)
         for c in spec.editing.classes:
             before = _class_accuracy(sur, test, EQUALS_POSITION, c)
             edit = unlearn_class(sur, ds, c, method=spec.editing.method, observables=obs, seed=seed)
-            after_sur = TokenSurrogate(
-                sur.network, sur.layer_i, sur.layer_j, sur.preprocessor, sur.kae, sur.positions,
-                edit.operator_after.float(),
-            )  # fmt: skip
+            after_sur = edit.apply(sur)
             after = _class_accuracy(after_sur, test, EQUALS_POSITION, c)
             out.append({
                 "seed": seed, "forget": c, "into": edit.into, "method": edit.method,

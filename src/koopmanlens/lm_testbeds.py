@@ -24,6 +24,7 @@ from torch import nn
 from koopmanlens.errors import InputError
 from koopmanlens.lm_metrics import IGNORE
 from koopmanlens.spec import ExperimentSpec
+from koopmanlens.training import torch_threads
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class TokenData:
 class ModAddConfig:
     """The modular-addition transformer and its training (Nanda et al. 2023): one block, d_model,
     n_heads, d_mlp; full-batch AdamW (lr, weight decay, betas 0.9/0.98) until the validation
-    accuracy reaches ``target_val`` (checked every ``check_every`` epochs) or ``max_epochs``."""
+    accuracy reaches ``target_val`` (checked every ``check_every`` epochs) or ``max_epochs``;
+    ``threads`` intra-op threads (its matrices are small: one thread is fastest on a CPU)."""
 
     d_model: int = 128
     n_heads: int = 4
@@ -54,6 +56,7 @@ class ModAddConfig:
     check_every: int = 50
     lr: float = 1e-3
     weight_decay: float = 1.0
+    threads: int | None = 1
 
 
 def _answer_targets(y: torch.Tensor, seq: int, position: int) -> torch.Tensor:
@@ -141,10 +144,11 @@ def train_network(
         tr, va = data["train"], data["val"]
         splits = ModAddSplits(tr.inputs, tr.labels, va.inputs, va.labels, va.inputs[:0], va.labels[:0])
         dims = {"d_model": cfg.d_model, "n_heads": cfg.n_heads, "d_mlp": cfg.d_mlp}
-        model, info = train_modadd(
-            splits, spec.data.p, spec.network.seed, cfg.max_epochs, cfg.target_val, cfg.check_every,
-            cfg.lr, cfg.weight_decay, **dims,
-        )  # fmt: skip
+        with torch_threads(cfg.threads):
+            model, info = train_modadd(
+                splits, spec.data.p, spec.network.seed, cfg.max_epochs, cfg.target_val, cfg.check_every,
+                cfg.lr, cfg.weight_decay, **dims,
+            )  # fmt: skip
         return model, {**info, "config": dataclasses.asdict(cfg)}
     from koopmanlens.testbeds import chargpt
 

@@ -23,12 +23,22 @@ import torch
 from torch import nn
 
 from koopmanlens.errors import ArtifactError
+from koopmanlens.fit_record import FitRecord
 from koopmanlens.io import atomic_write_bytes, read_json, read_tensors, write_json, write_tensors
 from koopmanlens.kae import KAEConfig, KoopmanAE
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.rundir import FORMAT, VERSION, open_new_run, write_marker
-from koopmanlens.schema import KaeFile, LMMetrics, Metrics, PreprocessingFile, RunInfo, ViewsMeta, validate
-from koopmanlens.subject import SubjectConfig
+from koopmanlens.schema import (
+    FitFields,
+    KaeFile,
+    LMMetrics,
+    Metrics,
+    PreprocessingFile,
+    RunInfo,
+    ViewsMeta,
+    validate,
+)
+from koopmanlens.subject import ResMLP, SubjectConfig
 from koopmanlens.surrogate import Surrogate
 
 #: What building an object from a hand-edited or corrupt config can raise (InputError is a ValueError).
@@ -65,19 +75,40 @@ def _check_finite(state: dict[str, torch.Tensor], path: str | Path, skip: tuple[
             raise ArtifactError(f"{path}: tensor {name!r} holds NaN or inf; the file is corrupt")
 
 
+def _fit_json(record: FitRecord | None) -> dict | None:
+    """A fit record as saved beside its model: every field but the history (``kae/seed-<s>.log.jsonl``)
+    and the config (saved as ``train`` / ``config``)."""
+    if record is None:
+        return None
+    return {k: v for k, v in record.to_dict().items() if k not in ("history", "config")}
+
+
+def _fit_record(fit: object, config: dict | None, history: list[dict], path: Path) -> FitRecord:
+    """The fit record saved as ``fit`` (checked by :class:`~koopmanlens.schema.FitFields`; its other
+    keys are left out), with the config and history saved beside it."""
+    fields = {} if fit is None else validate(FitFields, fit, path)
+    known = {k: fields[k] for k in ("best_epoch", "rollbacks", "seconds", "precision") if k in fields}
+    return FitRecord(history=history, config=config, **known)
+
+
 def save_subject(out: Path, network: nn.Module) -> None:
-    """Weights as safetensors; the config as JSON when the network is a :class:`ResMLP`."""
+    """Weights as safetensors; the config (and the fit record) as JSON when the network is a
+    :class:`ResMLP`."""
     write_tensors(out / "subject.safetensors", network.state_dict())
-    cfg = getattr(network, "config_", None)
+    record = network.fit_record if isinstance(network, ResMLP) else None
+    cfg = network.config_ if isinstance(network, ResMLP) else None
     info = {
         "class": type(network).__name__,
         "config": cfg.to_dict() if isinstance(cfg, SubjectConfig) else None,
     }
+    if record is not None:
+        info["fit"] = _fit_json(record)
     write_json(out / "subject.json", info)
 
 
 def load_subject(run_dir: Path, network: nn.Module | None = None) -> nn.Module:
-    """Rebuild the subject network (a ResMLP from its config, or load into ``network``)."""
+    """Rebuild the subject network (a ResMLP from its config, with its fit record, or load into
+    ``network``)."""
     info = read_json(run_dir / "subject.json")
     if network is None:
         if info.get("class") != "ResMLP" or not isinstance(info.get("config"), dict):
@@ -87,10 +118,11 @@ def load_subject(run_dir: Path, network: nn.Module | None = None) -> nn.Module:
             )
         try:
             cfg = SubjectConfig.from_dict(info["config"])
-            network = cfg.build()
+            mlp = cfg.build()
         except BAD_CONFIG as exc:
             raise ArtifactError(f"{run_dir / 'subject.json'}: bad config: {exc!r}") from exc
-        network.config_ = cfg  # type: ignore[attr-defined]
+        mlp.fit_record = _fit_record(info.get("fit"), cfg.to_dict(), [], run_dir / "subject.json")
+        network = mlp
     load_module_state(network, run_dir / "subject.safetensors")
     return network.eval()
 
@@ -113,19 +145,22 @@ def load_preprocessor(run_dir: Path) -> PairPreprocessor:
 
 
 def save_kae(out: Path, seed: int, kae: KoopmanAE) -> None:
+    """The weights, ``kae/seed-<s>.json`` (the model's shape, the training config as ``train``, the
+    fit record as ``fit``, and its seconds and best epoch as ``train_seconds`` and ``best_epoch`` for
+    older readers) and the per-epoch history as ``kae/seed-<s>.log.jsonl``."""
     folder = out / "kae"
     write_tensors(folder / f"seed-{seed}.safetensors", kae.state_dict())
-    cfg = getattr(kae, "config_", None)
-    write_json(
-        folder / f"seed-{seed}.json",
-        {
-            "model": kae.get_config(),
-            "train": cfg.to_dict() if isinstance(cfg, KAEConfig) else None,
-            "train_seconds": getattr(kae, "train_seconds_", None),
-            "best_epoch": getattr(kae, "best_epoch_", None),
-        },
-    )
-    history = getattr(kae, "history_", None)
+    cfg = kae.config_
+    info = {
+        "model": kae.get_config(),
+        "train": cfg.to_dict() if isinstance(cfg, KAEConfig) else None,
+        "train_seconds": kae.train_seconds_,
+        "best_epoch": kae.best_epoch_,
+    }
+    if kae.fit_record is not None:
+        info["fit"] = _fit_json(kae.fit_record)
+    write_json(folder / f"seed-{seed}.json", info)
+    history = kae.history_
     if history:
         atomic_write_bytes(
             folder / f"seed-{seed}.log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode()
@@ -133,6 +168,8 @@ def save_kae(out: Path, seed: int, kae: KoopmanAE) -> None:
 
 
 def load_kae(run_dir: Path, seed: int) -> KoopmanAE:
+    """The KAE of one seed, with its fit record (runs written before records were saved give one from
+    the config, seconds, best epoch and history they kept)."""
     path = run_dir / "kae" / f"seed-{seed}.json"
     info = validate(KaeFile, read_json(path), path)
     try:
@@ -141,12 +178,32 @@ def load_kae(run_dir: Path, seed: int) -> KoopmanAE:
         raise ArtifactError(f"{run_dir}/kae/seed-{seed}.json: bad model config: {exc!r}") from exc
     # a non-finite generator is refused later, before any linear algebra, with the seed named
     load_module_state(kae, run_dir / "kae" / f"seed-{seed}.safetensors", skip_finite=("generator",))
+    config = None
     if info.get("train"):
         try:
-            kae.config_ = KAEConfig.from_dict(info["train"])  # type: ignore[attr-defined]
+            config = KAEConfig.from_dict(info["train"]).to_dict()
         except BAD_CONFIG as exc:
             raise ArtifactError(f"{run_dir}/kae/seed-{seed}.json: bad training config: {exc}") from exc
+    fit = info.get("fit")
+    if fit is None and (info.get("train_seconds") is not None or info.get("best_epoch") is not None):
+        fit = {"seconds": info.get("train_seconds"), "best_epoch": info.get("best_epoch")}
+    history = _read_history(run_dir / "kae" / f"seed-{seed}.log.jsonl")
+    if fit is not None or config is not None or history:
+        kae.fit_record = _fit_record(fit, config, history, path)
     return kae.eval()
+
+
+def _read_history(path: Path) -> list[dict]:
+    """The per-epoch rows of a KAE's ``.log.jsonl`` (none when there is no such file)."""
+    if not path.exists():
+        return []
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not a JSON-lines training log: {exc}") from exc
+    if not all(isinstance(r, dict) for r in rows):
+        raise ArtifactError(f"{path}: every line of a training log must be a JSON object")
+    return rows
 
 
 @dataclass

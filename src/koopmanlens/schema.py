@@ -298,8 +298,21 @@ class KaeModel(_Model):
     expm_method: Literal["taylor", "torch"] = "taylor"
 
 
+class FitFields(_Model):
+    """The ``fit`` block of ``kae/seed-<s>.json`` and ``subject.json``: a
+    :class:`~koopmanlens.fit_record.FitRecord` but its history (``kae/seed-<s>.log.jsonl``) and its
+    config (``train`` / ``config``)."""
+
+    best_epoch: Annotated[int, Field(ge=0)] | None = None
+    rollbacks: Annotated[int, Field(ge=0)] = 0
+    seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    precision: str | None = None
+
+
 class KaeFile(_Model):
-    """``kae/seed-<s>.json``: the model's shape (the training config is kept as written)."""
+    """``kae/seed-<s>.json``: the model's shape (the training config is kept as written) and, from
+    runs written with a fit record, ``fit``."""
 
     model: KaeModel
     train: dict | None = None
+    fit: FitFields | None = None

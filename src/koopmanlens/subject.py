@@ -17,6 +17,7 @@ from torch import nn
 
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
+from koopmanlens.fit_record import FitRecord, RecordField
 from koopmanlens.io import tensor_digest
 from koopmanlens.metrics import classification_metrics
 from koopmanlens.training import (
@@ -58,7 +59,12 @@ class ResidualBlock(nn.Module):
 
 class ResMLP(nn.Module):
     """Residual MLP: ``input`` Linear(in -> w) + BN + ReLU (no BN with ``norm="none"``), ``blocks`` of
-    residual blocks (:class:`ResidualBlock`), ``head``."""
+    residual blocks (:class:`ResidualBlock`), ``head``. ``fit_record`` is what its training recorded
+    (:class:`~koopmanlens.fit_record.FitRecord`, ``None`` untrained); ``train_seconds_`` and
+    ``config_`` (a :class:`SubjectConfig`) read and write its fields."""
+
+    train_seconds_ = RecordField("seconds")
+    config_ = RecordField("config", load=lambda d: SubjectConfig.from_dict(d), dump=lambda c: c.to_dict())
 
     def __init__(
         self,
@@ -80,6 +86,7 @@ class ResMLP(nn.Module):
             self.input = nn.Sequential(nn.Linear(in_dim, width), nn.ReLU())
         self.blocks = nn.Sequential(*[ResidualBlock(width, norm, out_relu) for _ in range(blocks)])
         self.head = nn.Linear(width, classes)
+        self.fit_record: FitRecord | None = None
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -270,7 +277,8 @@ def train_resmlp(
     batch (triangular cycle or one-cycle), weight decay on weights only and, unless ``clip`` is None,
     gradient-norm clipping. Deterministic under ``seed`` on CPU. ``checkpoint`` (a path stem) is
     written every ``checkpoint_every`` epochs and at the end; with ``resume`` training continues from
-    it to the same result. Returns the network in eval mode with ``train_seconds_`` and ``config_``.
+    it to the same result. Returns the network in eval mode with its ``fit_record`` (the seconds, the
+    precision and the config; no per-epoch history; also read as ``train_seconds_`` and ``config_``).
     """
     cfg = subject_config(preset, **overrides)
     x = _check_subject_data(train, cfg)
@@ -305,8 +313,12 @@ def train_resmlp(
                 ):
                     save_checkpoint(checkpoint, model, opt, gen, epoch, step, identity=identity)
     model.eval()
-    model.train_seconds_ = time.perf_counter() - start  # type: ignore[attr-defined]
-    model.config_ = cfg  # type: ignore[attr-defined]
+    model.fit_record = FitRecord(
+        best_epoch=cfg.epochs - 1,
+        seconds=time.perf_counter() - start,
+        precision=str(model.head.weight.dtype).removeprefix("torch."),
+        config=cfg.to_dict(),
+    )
     return model
 
 

@@ -10,63 +10,50 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from koopmanlens.capture import capture, check_finite, get_module, hooks
+from koopmanlens.capture import capture, check_finite, get_module, splice_hooks, spliced_logits
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.kae import KAEConfig, KoopmanAE, train_kae
-from koopmanlens.kae.model import check_steps, fractional_operator_power
+from koopmanlens.kae.model import check_steps
 from koopmanlens.metrics import agreement, classification_metrics
+from koopmanlens.operators import KoopmanOperator, as_operator
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.subject import predict_logits
 
 
-def splice_hooks(
-    layer_i: str, layer_j: str, predict: Callable[[torch.Tensor], torch.Tensor]
-) -> dict[str, Callable]:
-    """Forward hooks that replace layer j's output by ``predict(x_i)`` (x_i: layer i's output of the
-    same forward pass, flattened to rows), reshaped and cast to what layer j returned."""
-    stash: dict[str, torch.Tensor] = {}
-
-    def at_i(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
-        stash["x_i"] = out.detach()
-
-    def at_j(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
-        if "x_i" not in stash:
-            raise InputError(
-                f"layer {layer_j!r} ran before layer {layer_i!r}: layer_i must come first in the forward pass"
-            )
-        pred = predict(stash.pop("x_i").flatten(1))
-        return pred.reshape(out.shape).to(dtype=out.dtype, device=out.device)
-
-    return {layer_i: at_i, layer_j: at_j}
-
-
-def spliced_logits(
-    network: nn.Module, hook_map: dict[str, Callable], x: torch.Tensor, batch_size: int
-) -> torch.Tensor:
-    """Logits of ``network`` on ``x`` with the forward hooks of ``hook_map`` in place (removed after)."""
-    if len(x) == 0:
-        raise InputError("no inputs")
-    with hooks(network, hook_map):
-        return predict_logits(network, x, batch_size)
-
-
 class Surrogate:
     """A fitted KAE between two named layers of a network, with the preprocessing that links them.
+
+    Immutable: :meth:`with_operator` gives a surrogate with another operator (an edit's), sharing
+    the network, the preprocessing and the KAE.
 
     Attributes:
         network: the subject network (left unchanged; hooks are added only during a call).
         layer_i, layer_j: module names of the two layers.
         preprocessor: fitted :class:`PairPreprocessor`.
         kae: fitted :class:`KoopmanAE`.
-        operator: ``None`` to use exp(G); an edited (p, p) matrix after an edit (see
-            :mod:`koopmanlens.editing`), column convention ``z_next = K z``.
+        op: the :class:`~koopmanlens.operators.KoopmanOperator` in use, column convention
+            ``z_next = K z``: the KAE's own generator (``GeneratorOperator.of(kae)``) unless another
+            was given (an edited :class:`~koopmanlens.operators.MatrixOperator`, see
+            :mod:`koopmanlens.editing`). ``operator`` (``None`` or a tensor) and a tensor or ``None``
+            in its place are the older spelling.
+        waypoints_: for a surrogate fitted through layers (:func:`fit_through_layers`),
+            ``{"layers": [...], "steps": [...]}``; else ``None``.
     """
+
+    network: nn.Module
+    layer_i: str
+    layer_j: str
+    preprocessor: PairPreprocessor
+    kae: KoopmanAE
+    waypoints_: dict | None
+    _op: KoopmanOperator
 
     def __init__(
         self,
@@ -75,7 +62,8 @@ class Surrogate:
         layer_j: str,
         preprocessor: PairPreprocessor,
         kae: KoopmanAE,
-        operator: torch.Tensor | None = None,
+        operator: KoopmanOperator | torch.Tensor | None = None,
+        waypoints: dict | None = None,
     ) -> None:
         get_module(network, layer_i)
         get_module(network, layer_j)
@@ -86,7 +74,45 @@ class Surrogate:
         self.layer_j = layer_j
         self.preprocessor = preprocessor
         self.kae = kae
-        self.operator = operator
+        self.waypoints_ = waypoints
+        self._op = as_operator(operator, kae)  # set last: the surrogate is frozen from here on
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if "_op" in self.__dict__ and name != "operator":
+            raise AttributeError(
+                f"a {type(self).__name__} is immutable (tried to set {name!r}): use with_operator(...) "
+                "for another operator"
+            )
+        object.__setattr__(self, name, value)
+
+    @property
+    def op(self) -> KoopmanOperator:
+        """The operator in use (see the class docstring)."""
+        return self._op
+
+    def with_operator(self, op: KoopmanOperator | torch.Tensor | None) -> Surrogate:
+        """A surrogate of the same type and fields (network, preprocessing, KAE, and a subclass's
+        own) that uses ``op``: an operator, bound to the KAE (:meth:`KoopmanOperator.bind
+        <koopmanlens.operators.KoopmanOperator.bind>`: (p, p) and the KAE's k), a (p, p) matrix, or
+        ``None`` for the KAE's own generator. This surrogate is unchanged."""
+        new = copy.copy(self)
+        object.__setattr__(new, "_op", as_operator(op, self.kae))
+        return new
+
+    @property
+    def operator(self) -> torch.Tensor | None:
+        """The older spelling of :attr:`op`: ``None`` while the KAE's own generator is in use, else
+        the operator's whole map (an edited matrix itself)."""
+        return None if self._op.is_own(self.kae) else self._op.matrix
+
+    @operator.setter
+    def operator(self, value: KoopmanOperator | torch.Tensor | None) -> None:
+        warnings.warn(
+            "setting Surrogate.operator changes a surrogate in place; use surrogate.with_operator(...)",
+            DeprecationWarning,
+            stacklevel=3,  # the caller of ``surrogate.operator = ...`` (through __setattr__)
+        )
+        object.__setattr__(self, "_op", as_operator(value, self.kae))
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -139,22 +165,14 @@ class Surrogate:
         """:class:`InputError` when the operator in use, the generator G (or the edited operator),
         holds NaN or inf: a diverged or corrupt KAE. Called before any exponential, power or
         eigen-decomposition of it, which would otherwise return garbage or crash (LAPACK on NaN)."""
-        what, m = (
-            ("generator G", self.kae.generator) if self.operator is None else ("operator", self.operator)
-        )
-        bad = int((~torch.isfinite(m.detach())).sum())
-        if bad:
-            raise InputError(
-                f"the KAE's {what} holds {bad} NaN or inf entries (of {m.numel()}): the KAE diverged "
-                "or its weights are corrupt; refit it"
-            )
+        self._op.check_finite()
 
     def current_operator(self) -> torch.Tensor:
-        """The operator in use: the edited one if set, else exp(G). :class:`InputError` when it is
-        not finite (:meth:`check_operator`)."""
+        """The whole map of the operator in use: exp(G), or the edited matrix. :class:`InputError`
+        when it is not finite (:meth:`check_operator`)."""
         self.check_operator()
         with torch.no_grad():
-            return self.kae.operator() if self.operator is None else self.operator
+            return self._op.matrix
 
     @torch.no_grad()
     def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -227,23 +245,19 @@ class Surrogate:
     @torch.no_grad()
     def observable_trajectory(self, x: torch.Tensor, steps: list[float] | None = None) -> torch.Tensor:
         """Observables K^(s/k) phi(x_i) for s = 0..k (or ``steps``, each a finite number in [0, k]:
-        :class:`InputError` otherwise), shape (S, n, p).
+        :class:`InputError` otherwise), shape (S, n, p): ``op.power(s)`` of the operator in use.
 
         K^(s/k) is exp(sG/k) for an unedited KAE; after an edit replaced the operator it is the
         fractional matrix power of the edited operator, and :class:`InputError` is raised if that
         power is not real (the steps are then unavailable).
         """
         self.check_operator()
-        if steps is not None:
-            steps = check_steps(steps, self.kae.k)
-        x_i = self.representations(x)[self.layer_i]
-        z_i = self.preprocessor.transform_i(x_i).float()
-        if self.operator is None:
-            return self.kae.observable_trajectory(z_i, steps)
         k = self.kae.k
-        steps = list(range(k + 1)) if steps is None else steps
-        z = self.kae.encode(z_i)
-        return torch.stack([z @ fractional_operator_power(self.operator, s, k).T for s in steps])
+        steps = list(range(k + 1)) if steps is None else check_steps(steps, k)
+        x_i = self.representations(x)[self.layer_i]
+        dev = self.kae.generator.device
+        z = self.kae.encode(self.preprocessor.transform_i(x_i).float().to(dev))
+        return torch.stack([(z @ self._op.power(s).to(dev).T).cpu() for s in steps])
 
     @torch.no_grad()
     def trajectory(self, x: torch.Tensor, steps: list[float] | None = None) -> torch.Tensor:
@@ -332,9 +346,7 @@ def fit_through_layers(
     kae = train_kae(
         z_i, z_j, cfg, seed=seed, progress=progress, waypoints=(steps, torch.stack(targets).float())
     )
-    sur = Surrogate(network, layer_i, layer_j, pre, kae)
-    sur.waypoints_ = {"layers": between, "steps": steps}  # type: ignore[attr-defined]
-    return sur
+    return Surrogate(network, layer_i, layer_j, pre, kae, waypoints={"layers": between, "steps": steps})
 
 
 def layer_fidelity(

@@ -22,6 +22,7 @@ from torch import nn
 from koopmanlens.capture import check_finite, get_module, hooks
 from koopmanlens.errors import InputError
 from koopmanlens.kae import KAEConfig, train_kae
+from koopmanlens.operators import KoopmanOperator
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.surrogate import Surrogate
 
@@ -267,7 +268,8 @@ class TokenSurrogate(Surrogate):
     ``positions`` (``None``, ``"last"`` or indices) chooses the positions it is fitted on and
     spliced at; padded positions (``mask`` == 0) are never used for fitting. Everything that works
     on rows of x_i (``encode_i``, ``predict_state``, the operator, its edits) is the
-    :class:`~koopmanlens.surrogate.Surrogate`'s.
+    :class:`~koopmanlens.surrogate.Surrogate`'s; ``with_operator`` (and so an edit's ``apply`` and
+    ``revert``) gives a :class:`TokenSurrogate` with the same positions.
     """
 
     def __init__(
@@ -278,10 +280,10 @@ class TokenSurrogate(Surrogate):
         preprocessor: PairPreprocessor,
         kae: nn.Module,
         positions: Positions = None,
-        operator: torch.Tensor | None = None,
+        operator: KoopmanOperator | torch.Tensor | None = None,
     ) -> None:
+        self.positions = check_positions(positions)  # before the base class freezes the surrogate
         super().__init__(network, layer_i, layer_j, preprocessor, kae, operator)  # type: ignore[arg-type]
-        self.positions = check_positions(positions)
 
     @classmethod
     def fit(  # type: ignore[override]

@@ -14,6 +14,7 @@ from koopmanlens import editing
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.metrics import mean_sd
+from koopmanlens.operators import GeneratorOperator
 from koopmanlens.surrogate import Surrogate, aligned_layers
 
 
@@ -103,7 +104,7 @@ def compute_views(
     }
     gen = surrogate.kae.generator.detach().double()
     eg = torch.linalg.eigvals(gen)
-    ek = torch.linalg.eigvals(surrogate.kae.operator().detach().double())
+    ek = GeneratorOperator.of(surrogate.kae).eigvals()  # of the KAE's own exp(G), edited or not
     views["eig_generator"] = torch.stack([eg.real, eg.imag], 1)
     views["eig_operator"] = torch.stack([ek.real, ek.imag], 1)
     meta: dict = {

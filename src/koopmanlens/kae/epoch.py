@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING
 import torch
 
 from koopmanlens.errors import TrainingDivergedError
+from koopmanlens.fit_record import FitRecord
 from koopmanlens.kae.losses import isometry_loss, linear_loss, reconstruction_loss, state_loss
 from koopmanlens.kae.model import KoopmanAE
 from koopmanlens.training import (
@@ -229,18 +230,19 @@ class EpochLedger:
         return True
 
     def finish(self, model: KoopmanAE, dev: torch.device, seconds: float) -> KoopmanAE:
-        """Load the best epoch (if chosen), move to CPU in eval mode, attach the training record."""
+        """Load the best epoch (if chosen), move to CPU in eval mode, and set the model's ``fit_record``."""
         cfg = self.cfg
         if self.best[1] is not None:
             model.load_state_dict(self.best[1])
         model.eval().cpu()
-        model.history_ = self.history  # type: ignore[attr-defined]
-        chosen = self.best[2] if self.val is not None and cfg.select_best else cfg.epochs - 1
-        model.best_epoch_ = chosen  # type: ignore[attr-defined]
-        model.train_seconds_ = seconds  # type: ignore[attr-defined]
-        model.config_ = cfg  # type: ignore[attr-defined]
-        model.precision_ = resolve_precision(cfg.precision, dev)  # type: ignore[attr-defined]
-        model.rollbacks_ = int(self.guard["rollbacks"])  # type: ignore[attr-defined]
+        model.fit_record = FitRecord(
+            history=self.history,
+            best_epoch=self.best[2] if self.val is not None and cfg.select_best else cfg.epochs - 1,
+            rollbacks=int(self.guard["rollbacks"]),
+            seconds=seconds,
+            precision=resolve_precision(cfg.precision, dev),
+            config=cfg.to_dict(),
+        )
         return model
 
 

@@ -8,6 +8,10 @@ import torch
 from torch import nn
 
 from koopmanlens.errors import InputError
+from koopmanlens.fit_record import FitRecord, RecordField
+
+# fractional_operator_power moved to koopmanlens.operators; importable from here as before
+from koopmanlens.operators import fractional_operator_power  # noqa: F401
 
 #: Taylor degree of :func:`expm_taylor`.
 TAYLOR_DEGREE = 16
@@ -121,33 +125,6 @@ def operator_power(generator: torch.Tensor, s: float, k: int, method: str = "tay
     return expm(generator * (float(s) / k), method)
 
 
-def fractional_operator_power(operator: torch.Tensor, s: float, k: int, tol: float = 1e-6) -> torch.Tensor:
-    """K^(s/k) for an operator that is not (or no longer) exp of a known generator, e.g. after an edit.
-
-    Computed by SciPy's Schur-Pade ``fractional_matrix_power`` in float64. A real operator can have a
-    complex fractional power (an eigenvalue on the negative real axis); when the imaginary part is
-    larger than ``tol`` relative to the real part, :class:`InputError` says the steps are unavailable.
-    """
-    import numpy as np
-    import scipy.linalg
-
-    if k < 1:
-        raise InputError(f"k must be a positive number of steps, got {k}")
-    frac = float(s) / k
-    if frac == 0:
-        return torch.eye(operator.shape[0], dtype=operator.dtype)
-    if frac == 1:
-        return operator.clone()
-    m = np.asarray(scipy.linalg.fractional_matrix_power(operator.detach().double().numpy(), frac))
-    imag = float(np.abs(m.imag).max()) if np.iscomplexobj(m) else 0.0
-    if imag > tol * max(1.0, float(np.abs(m.real).max())):
-        raise InputError(
-            f"the operator has no real {frac:g}-th power (imaginary part {imag:.2g}): its intermediate "
-            "steps are not available"
-        )
-    return torch.from_numpy(np.ascontiguousarray(m.real)).to(operator.dtype)
-
-
 def check_steps(steps: object, k: int) -> list[float]:
     """``steps`` as a list of floats, or :class:`InputError` unless every one is a finite number in
     [0, k]: s = 0 is phi(x_i) itself and s = k the whole map exp(G). The KAE is trained only on
@@ -165,12 +142,28 @@ def check_steps(steps: object, k: int) -> list[float]:
     return vals
 
 
+def _kae_config(d: dict) -> object:
+    from koopmanlens.kae.trainer import KAEConfig
+
+    return KAEConfig.from_dict(d)
+
+
 class KoopmanAE(nn.Module):
     """Encoder Linear(q -> h) + LeakyReLU(0.01) + Linear(h -> p); decoder the untied mirror;
     generator G (p x p), initialised to 0 so that the operator starts at the identity.
 
-    Rows are samples throughout: ``encode`` maps (n, q) to (n, p).
+    Rows are samples throughout: ``encode`` maps (n, q) to (n, p). ``fit_record`` is what its
+    training recorded (:class:`~koopmanlens.fit_record.FitRecord`; ``None`` for an untrained KAE);
+    ``history_``, ``best_epoch_``, ``rollbacks_``, ``train_seconds_``, ``precision_`` and ``config_``
+    (a :class:`~koopmanlens.kae.KAEConfig`) read and write its fields.
     """
+
+    history_ = RecordField("history")
+    best_epoch_ = RecordField("best_epoch")
+    rollbacks_ = RecordField("rollbacks")
+    train_seconds_ = RecordField("seconds")
+    precision_ = RecordField("precision")
+    config_ = RecordField("config", load=_kae_config, dump=lambda cfg: cfg.to_dict())
 
     def __init__(
         self,
@@ -195,6 +188,7 @@ class KoopmanAE(nn.Module):
             nn.Linear(observables, hidden), nn.LeakyReLU(slope), nn.Linear(hidden, dim)
         )
         self.generator = nn.Parameter(torch.zeros(observables, observables))
+        self.fit_record: FitRecord | None = None
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != self.dim:

@@ -150,8 +150,8 @@ def train_kae_stream(
     **overrides: object,
 ) -> KoopmanAE:
     """Fit a KAE on the pairs of ``store``, each batch preprocessed by ``preprocessor`` as it is read.
-    ``preset``, ``seed``, ``device``, ``**overrides``, ``log_path`` and ``progress`` (the last two on
-    rank 0 only) are as in :func:`~koopmanlens.kae.trainer.train_kae`.
+    ``preset``, ``seed``, ``device`` and ``overrides`` are as in
+    :func:`~koopmanlens.kae.trainer.train_kae`; ``log_path`` and ``progress`` too, on rank 0 only.
 
     Args:
         store: raw (x_i, x_j) pairs; read once per epoch, never whole.
@@ -170,8 +170,7 @@ def train_kae_stream(
             gives the same model as an uninterrupted run.
 
     Returns:
-        The model in eval mode, on CPU, with ``history_``, ``best_epoch_``, ``train_seconds_``,
-        ``config_`` attached, as from ``train_kae``.
+        The model in eval mode, on CPU, with its ``fit_record`` set, as from ``train_kae``.
     """
     cfg = kae_config(preset, **overrides)
     _check_fit(store, preprocessor, val)

@@ -208,8 +208,10 @@ def train_kae(
             sees from a store read in order, so that the two can be compared exactly).
 
     Returns:
-        The model in eval mode, on CPU, with ``history_`` (list of per-epoch dicts),
-        ``train_seconds_`` and ``config_`` attached.
+        The model in eval mode, on CPU, with its ``fit_record``
+        (:class:`~koopmanlens.fit_record.FitRecord`: the per-epoch history, the best epoch, the
+        rollbacks, the seconds, the precision and the config; also read as ``history_``,
+        ``best_epoch_``, ``rollbacks_``, ``train_seconds_``, ``precision_``, ``config_``).
 
     Raises:
         TrainingDivergedError: a loss term became NaN or inf (names the term and the epoch).

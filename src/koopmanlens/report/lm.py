@@ -17,6 +17,10 @@ LM_HEADERS = ["splice", "CE", "CE sc. zero", "CE sc. mean", "KL sc. zero", "acc 
 """CE / KL sc.: the CE / KL score against the zero or mean ablation; EV: explained variance of x_j."""
 
 
+TERMINAL = (0, 1, 2, 3, 5, 6, 7)
+"""The columns ``show`` prints (an 80-column terminal holds them): all but the KL score."""
+
+
 def _row(name: str, r: dict) -> list[str]:
     def cell(key: str, fmt) -> str:
         return fmt(r[key]) if key in r else "-"
@@ -37,15 +41,17 @@ def _row(name: str, r: dict) -> list[str]:
 
 
 def lm_rows(metrics: dict) -> list[list[str]]:
-    """The rows of the LM table: clean network, KAE (mean (sd) over seeds), baselines, ablations."""
+    """The rows of the LM table: the clean network, the KAE (mean and sd over seeds), the baselines
+    and the ablations ("abl.")."""
     lm = metrics["lm"]
     kae = lm["kae"]
-    rows = [_row("network (clean)", lm["clean"])]
-    rows.append(_row(f"KAE (mean of {len(lm['per_seed'])})", {k: v["mean"] for k, v in kae.items()}))
-    if len(lm["per_seed"]) > 1:
-        rows.append(_row("KAE (sd)", {k: v["sd"] for k, v in kae.items()}))
+    rows = [_row("network", lm["clean"])]
+    several = len(lm["per_seed"]) > 1
+    rows.append(_row("KAE mean" if several else "KAE", {k: v["mean"] for k, v in kae.items()}))
+    if several:
+        rows.append(_row("KAE sd", {k: v["sd"] for k, v in kae.items()}))
     rows += [_row(name, r) for name, r in lm["baselines"].items()]
-    rows += [_row(f"{name} ablation", r) for name, r in lm["ablations"].items()]
+    rows += [_row(f"{name} abl.", r) for name, r in lm["ablations"].items()]
     return rows
 
 
@@ -65,7 +71,6 @@ def _edit_rows(metrics: dict) -> list[list[str]]:
             [
                 str(r["seed"]),
                 f"{r['forget']} -> {r['into']}",
-                str(r["method"]),
                 pct(r["target_before"]),
                 pct(r["target_after"]),
                 pct(r["others_before"]),
@@ -78,7 +83,6 @@ def _edit_rows(metrics: dict) -> list[list[str]]:
 EDIT_HEADERS = [
     "seed",
     "class",
-    "method",
     "target before %",
     "target after %",
     "others before %",
@@ -100,12 +104,18 @@ def lm_tables(metrics: dict) -> list[Table]:
             _network_rows(metrics),
             left=("split",),
         ),
-        text_table("spliced span: LM metrics", where, LM_HEADERS, lm_rows(metrics), left=("splice",)),
+        text_table(
+            "spliced span: LM metrics",
+            where + " (KL scores: report.html)",
+            [LM_HEADERS[i] for i in TERMINAL],
+            [[r[i] for i in TERMINAL] for r in lm_rows(metrics)],
+            left=("splice",),
+        ),
     ]
     if metrics.get("editing"):
-        out.append(
-            text_table("edits (test split)", "", EDIT_HEADERS, _edit_rows(metrics), left=("class", "method"))
-        )
+        methods = ", ".join(sorted({str(r["method"]) for r in metrics["editing"]["per_seed"]}))
+        title = f"edits ({methods}; test split)"
+        out.append(text_table(title, "", EDIT_HEADERS, _edit_rows(metrics), left=("class",)))
     if metrics.get("fourier"):
         out.append(
             text_table(
@@ -165,7 +175,8 @@ def lm_html(metrics: dict) -> str:
         table(LM_HEADERS, lm_rows(metrics)),
     ]
     if metrics.get("editing"):
-        parts += ["<h2>Edits</h2>", table(EDIT_HEADERS, _edit_rows(metrics))]
+        methods = sorted({str(r["method"]) for r in metrics["editing"]["per_seed"]})
+        parts += [f"<h2>Edits ({esc(', '.join(methods))})</h2>", table(EDIT_HEADERS, _edit_rows(metrics))]
     if metrics.get("fourier"):
         f = metrics["fourier"]
         parts += ["<h2>Fourier (modular addition)</h2>", table(["what", "value"], fourier_rows(f))]

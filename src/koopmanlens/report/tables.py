@@ -157,8 +157,10 @@ def baselines_table(metrics: dict) -> Table | None:
 def text_table(title: str, caption: str, headers: list[str], rows: list[list[str]], left=()) -> Table:
     """A rich table of plain-text ``rows`` (escaped here); columns right-aligned but ``left``."""
     table = Table(title=title, caption=caption)
-    for col in headers:
-        table.add_column(col, justify="left" if col in left else "right")
+    for i, col in enumerate(headers):
+        # the first column's labels stay whole (up to 24 characters); the others shrink first
+        widest = min(24, max((len(str(r[i])) for r in rows), default=0)) if i == 0 and col in left else None
+        table.add_column(col, justify="left" if col in left else "right", min_width=widest)
     for row in rows:
         table.add_row(*(t(c) for c in row))
     return table
