@@ -76,6 +76,7 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
             "koopmanlens.kae.stream",
             "koopmanlens.distributed",
             "koopmanlens.store_fit",
+            "koopmanlens.store_stage",
         ],
     ),
     (

@@ -113,6 +113,10 @@ GOOD = {
         ("editing.method", "rome", "editing.method = 'rome'"),
         ("editing.max_target_accuracy", 1.5, "editing.max_target_accuracy = 1.5"),
         ("topology.enabled", "maybe", "topology.enabled = 'maybe'"),
+        ("store.parts", 0, "store.parts = 0"),
+        ("store.rows_per_shard", 0, "store.rows_per_shard = 0"),
+        ("store.buffer_rows", -1, "store.buffer_rows = -1"),
+        ("store.colour", 1, "store.colour: unknown field"),
         ("description", 1, "description = 1"),
     ],
 )

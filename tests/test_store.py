@@ -133,6 +133,8 @@ def test_resume_after_a_kill_gives_the_same_store(tmp_path, monkeypatch, per, bs
         net, data, "1", "3", tmp_path / "cut", rows_per_shard=per, batch_size=bs, resume=True
     )
     assert again.manifest == store.manifest
+    with pytest.raises(ArtifactError, match="other inputs"):  # a complete store checks its inputs too
+        capture_to_store(net, other, "1", "3", tmp_path / "cut", rows_per_shard=per, resume=True)
 
 
 def test_corrupt_shard_is_named_with_its_checksum(tmp_path):

@@ -21,6 +21,8 @@ SPEC_ARG = typer.Argument(..., help="A built-in spec name (`koopmanlens specs`) 
         "koopmanlens run yinyang",
         "koopmanlens run my-experiment.toml --seeds 1 --out runs/mine",
         "koopmanlens run mnist-fast --data-dir data/mnist --seeds 1",
+        "koopmanlens run my-store-spec.toml --store /scratch/acts   # a spec with [store] parts = N",
+        "torchrun --nproc-per-node 4 $(which koopmanlens) run my-store-spec.toml --store /scratch/acts",
     )
 )
 def run(
@@ -34,9 +36,13 @@ def run(
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1, help="Epochs between checkpoints."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write figures and report.html."),
+    store: Path | None = typer.Option(
+        None, "--store", help="Activation store folder of a spec with [store] parts (default: OUT/store)."
+    ),
 ) -> None:
     """Run an experiment described by a spec: train or load the network, fit the KAEs, evaluate on
-    the test split, edit, measure the topology and write the run folder."""
+    the test split, edit, measure the topology and write the run folder. A spec with [store] parts
+    trains its KAEs from an activation store, data parallel under torchrun (rank 0 writes the run)."""
     from koopmanlens.experiment import RunOptions, run_experiment
     from koopmanlens.spec import load_spec
 
@@ -45,11 +51,12 @@ def run(
         if seeds is not None:
             spec = spec.replace(seeds=seeds)
         out = out or Path("runs") / spec.name
-        opts = RunOptions(out, device.value, progress, resume, checkpoint_every, overwrite, report)
+        opts = RunOptions(out, device.value, progress, resume, checkpoint_every, overwrite, report, store)
         metrics = run_experiment(spec, opts, base, data_dir)
     except KoopmanLensError as exc:
         _fail(exc)
-    _print_run(metrics, out)
+    if metrics:  # {} on the ranks of a torchrun job other than 0
+        _print_run(metrics, out)
 
 
 @app.command(epilog=_examples("koopmanlens specs"))

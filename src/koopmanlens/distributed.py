@@ -35,8 +35,10 @@ floating-point additions of the gradient contributions. The decomposable loss te
 linear, state: means over rows) of the mean of P equal parts equal those of the whole global batch;
 the pairwise isometry term is a mean over in-part pairs. With ``parts=1`` (one process) training is
 exactly :func:`~koopmanlens.kae.stream.train_kae_stream`'s single-reader order. The epoch's logged
-loss terms are the mean over ranks (``all_reduce``), so the divergence guard and the best-epoch choice
-decide alike on every rank and the weights stay identical on all ranks.
+loss terms are kept per part (a float32 mean over the steps of each part), ``all_gather``-ed and
+averaged over the P parts in part order in float64 (:func:`part_means`), so the divergence guard and
+the best-epoch choice decide alike on every rank, the weights stay identical on all ranks, and the log
+is the same for any W dividing P.
 
 **Checkpoints.** Rank 0 writes the checkpoint (atomically, safetensors + JSON, the in-memory trainer's
 format) and every rank waits at a barrier; on ``resume`` every rank reads it (the folder must be shared
@@ -53,13 +55,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from koopmanlens.errors import InputError
-from koopmanlens.kae.epoch import kae_losses
+from koopmanlens.kae.epoch import ALL_TERMS, LOSS_TERMS, kae_losses
 from koopmanlens.moments import PairMoments, accumulate
 from koopmanlens.preprocessing import LayerScaler, PairPreprocessor
 
@@ -76,8 +79,10 @@ __all__ = [
     "PartLosses",
     "fit_preprocessor",
     "init_from_env",
+    "part_means",
     "reduce_key_stats",
     "reduce_moments",
+    "reduce_part_moments",
     "training_hooks",
 ]
 
@@ -148,10 +153,11 @@ class DistContext:
         return dict(zip(keys, t.tolist(), strict=True))
 
 
-def init_from_env(device: str | torch.device | None = None) -> DistContext:
+def init_from_env(device: str | torch.device | None = None, timeout: timedelta | None = None) -> DistContext:
     """Join the process group described by torchrun's environment when ``WORLD_SIZE`` > 1 (backend
     gloo for a CPU ``device``, nccl for CUDA, whose rank then uses GPU ``LOCAL_RANK``); a single-process
-    context otherwise. An already initialised group is used as it is."""
+    context otherwise. An already initialised group is used as it is. ``timeout``: how long a
+    collective waits for the other ranks (default: torch's)."""
     if dist.is_available() and dist.is_initialized():
         return DistContext.current()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -162,7 +168,8 @@ def init_from_env(device: str | torch.device | None = None) -> DistContext:
     cuda = torch.device(device or "cpu").type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    kw = {} if timeout is None else {"timeout": timeout}
+    dist.init_process_group(backend="nccl" if cuda else "gloo", **kw)
     return DistContext.current()
 
 
@@ -205,14 +212,47 @@ def fit_preprocessor(
     ctx: DistContext | None = None,
     q: int | None = None,
     scaler_j: LayerScaler | None = None,
+    parts: int | None = None,
 ) -> PairPreprocessor:
     """:meth:`PairPreprocessor.fit_stream` over ``store`` with the rows shared out among the ranks:
     each reads its shards (:meth:`DistContext.shards`), the moments are combined by
-    :func:`reduce_moments`, and every rank fits the identical preprocessor (``q``: its width)."""
+    :func:`reduce_moments`, and every rank fits the identical preprocessor (``q``: its width).
+
+    ``parts`` (a multiple of the number of processes): the moments are taken per part instead (part
+    p: shards p, p + P, ..., as the training deals them out; rank r accumulates parts r, r + W, ...)
+    and merged in part order (:func:`reduce_part_moments`), so the preprocessor is the same to the
+    bit on any number of processes dividing ``parts``; ``parts=1`` is ``fit_stream``'s order."""
     ctx = ctx or DistContext.current()
+    if parts is not None:
+        return PairPreprocessor(q).fit_moments(reduce_part_moments(store, parts, ctx), scaler_j)
     mine = ctx.shards(store.n_shards)
     part = accumulate((s["x_i"], s["x_j"]) for s in store.iter_shards(mine)) if mine else None
     return PairPreprocessor(q).fit_moments(reduce_moments(part, store.widths, ctx), scaler_j)
+
+
+def reduce_part_moments(store: ActivationStore, parts: int, ctx: DistContext) -> PairMoments:
+    """The moments of all rows, merged part by part in part order (part p: shards p, p + P, ...,
+    each accumulated in shard order): rank r accumulates parts r, r + W, ..., the P / W packed
+    vectors of each rank are ``all_gather``-ed and every rank merges all P in order. The result
+    depends on ``parts``, not on the number of processes."""
+    if parts < 1 or parts % ctx.world_size:
+        raise InputError(f"parts ({parts}) must be a positive multiple of the {ctx.world_size} processes")
+    di, dj = store.widths
+    mine = range(ctx.rank, parts, ctx.world_size)
+    packed = []
+    for p in mine:
+        shards = range(p, store.n_shards, parts)
+        m = accumulate((s["x_i"], s["x_j"]) for s in store.iter_shards(shards)) if shards else None
+        packed.append(_pack(m, di, dj))
+    gathered = ctx.all_gather(torch.stack(packed))  # rank r's k-th row is part r + k W
+    total: PairMoments | None = None
+    for p in range(parts):
+        m = _unpack(gathered[p % ctx.world_size][p // ctx.world_size], di, dj)
+        if m is not None:
+            total = m if total is None else total.merge(m)
+    if total is None:
+        raise InputError("no rows to fit the preprocessing on")
+    return total
 
 
 def reduce_key_stats(
@@ -248,21 +288,44 @@ class PartLosses(torch.nn.Module):
 
     def forward(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
         terms = [kae_losses(self.model, a, b, self.cfg) for a, b in parts]
+        rows = torch.stack([self._logged(t) for t in terms])
         if len(terms) == 1:
-            return terms[0]
-        return {k: torch.stack([t[k] for t in terms]).mean() for k in terms[0]}
+            return {**terms[0], "parts": rows}
+        return {**{k: torch.stack([t[k] for t in terms]).mean() for k in terms[0]}, "parts": rows}
+
+    def _logged(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One part's logged terms (detached): :data:`ALL_TERMS` and the weighted loss."""
+        d = {k: v.detach() for k, v in terms.items()}
+        loss = sum(w * d[t] for w, t in zip(self.cfg.weights, LOSS_TERMS, strict=True))
+        return torch.stack([d[t] for t in ALL_TERMS] + [loss])
+
+
+def part_means(ctx: DistContext, parts: int) -> Callable[[dict], dict[str, float]]:
+    """The trainer's reduce: the epoch's per-part mean terms of every rank (rank r: parts r, r + W,
+    ...) ``all_gather``-ed and averaged over the ``parts`` in part order, in float64, so the logged
+    terms (and the divergence guard that reads them) are the same on every rank and for any number of
+    processes dividing ``parts``."""
+
+    def reduce(sums: dict) -> dict[str, float]:
+        gathered = ctx.all_gather(sums["parts"])
+        total = gathered[0][0]
+        for p in range(1, parts):
+            total = total + gathered[p % ctx.world_size][p // ctx.world_size]
+        return dict(zip((*ALL_TERMS, "total"), (total / parts).tolist(), strict=True))
+
+    return reduce
 
 
 def training_hooks(
-    model: KoopmanAE, cfg: KAEConfig, ctx: DistContext, dev: torch.device
-) -> tuple[Callable, Callable | None]:
+    model: KoopmanAE, cfg: KAEConfig, ctx: DistContext, dev: torch.device, parts: int
+) -> tuple[Callable, Callable]:
     """The trainer's hooks (:class:`~koopmanlens.kae.epoch.KAETraining`): the per-step loss terms of
     this rank's part batches, through ``DistributedDataParallel`` when there are several ranks, and
-    the mean over ranks of the epoch's loss terms (``None`` for one process)."""
+    the epoch's logged terms averaged over the ``parts`` (:func:`part_means`)."""
     module = PartLosses(model, cfg)
     if not ctx.active:
-        return module, None
+        return module, part_means(ctx, parts)
     ids = None
     if dev.type == "cuda":
         ids = [dev.index if dev.index is not None else torch.cuda.current_device()]
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids), ctx.mean_of
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids), part_means(ctx, parts)

@@ -26,7 +26,9 @@ from koopmanlens.subject import SubjectConfig, subject_config
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run a spec; none of it changes what is computed."""
+    """How to run a spec; none of it changes what is computed. ``store``: the folder of the
+    activation store of a spec with ``[store] parts`` (default: the run folder's ``store/``, removed
+    when the run is complete); it must be visible to every process of a torchrun job."""
 
     out: str | Path = "runs/run"
     device: str | None = None
@@ -35,6 +37,7 @@ class RunOptions:
     checkpoint_every: int = 50
     overwrite: bool = False
     report: bool = True
+    store: str | Path | None = None
 
 
 def _resolve(base: Path | None, name: str) -> Path:
@@ -184,13 +187,30 @@ def run_experiment(
     data_dir: str | Path | None = None,
 ) -> dict:  # fmt: skip
     """Compute everything ``spec`` asks for into ``options.out``; returns the metrics. A
-    sequence-model spec (``spec.per_token``) runs :func:`koopmanlens.lm_run.run_lm_experiment`."""
+    sequence-model spec (``spec.per_token``) runs :func:`koopmanlens.lm_run.run_lm_experiment`.
+
+    A spec with ``[store] parts`` trains its KAEs from an activation store
+    (:mod:`koopmanlens.store_stage`), data parallel when launched by torchrun (``WORLD_SIZE`` > 1):
+    rank 0 computes and writes the run and returns the metrics; the other ranks train the KAEs with
+    it and return ``{}``."""
+    from koopmanlens.store_stage import follow, joined
+
+    with joined(spec, options) as store:
+        if store is not None and not store.ctx.is_main:
+            follow(spec, options, store)
+            return {}
+        if spec.per_token:
+            from koopmanlens.lm_run import run_lm_experiment
+
+            return run_lm_experiment(spec, options)
+        return _run_whole_sample(spec, options, base, data_dir, store)
+
+
+def _run_whole_sample(spec: ExperimentSpec, options: RunOptions, base: Path | None,
+                      data_dir: str | Path | None, store) -> dict:  # fmt: skip
+    """:func:`run_experiment` of a whole-sample spec (a ResMLP or a user's network)."""
     from koopmanlens.pipeline import reproduce
 
-    if spec.per_token:
-        from koopmanlens.lm_run import run_lm_experiment
-
-        return run_lm_experiment(spec, options)
     splits = build_data(spec, base, data_dir)
     network = build_factory_network(spec, base) if spec.network.kind == "factory" else None
     if network is not None and spec.span.layer_j is None:
@@ -206,5 +226,5 @@ def run_experiment(
         extra_info=extra, edit_classes=tuple(spec.editing.classes),
         edit_max_target_accuracy=spec.editing.max_target_accuracy, topology=spec.topology.enabled,
         resume=options.resume, checkpoint_every=options.checkpoint_every, report=options.report,
-        network=network,
+        network=network, store=store,
     )  # fmt: skip

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -50,6 +51,9 @@ from koopmanlens.views import (  # noqa: F401
     spectrum_block,
     write_views,
 )
+
+if TYPE_CHECKING:
+    from koopmanlens.store_stage import StoreRun
 
 
 def fit_surrogates(
@@ -170,12 +174,12 @@ def reproduce(
     report: bool = True,
     network: nn.Module | None = None,
     edit_method: str = editing.DEFAULT_METHOD,
+    store: StoreRun | None = None,
 ) -> dict:
     """Train the subject, fit ``seeds`` KAEs (seeds 0..N-1), evaluate on ``test``, save the run.
 
     ``network``: a trained network to study instead of training a ResMLP from ``subject`` (which
-    is then ``None``).
-
+    is then ``None``); ``store``: the KAEs from an activation store (:mod:`koopmanlens.store_stage`).
     The run folder is held (:func:`koopmanlens.rundir.open_new_run`) from start to end: foreign
     files are refused, a second writer fails fast, and ``resume`` continues only the same experiment.
     Returns the metrics dict that is also written to ``out/metrics.json``.
@@ -189,7 +193,7 @@ def reproduce(
     if (network is None) == (subject is None):
         raise InputError("reproduce needs either a subject config to train or a trained network")
     with open_new_run(out, experiment, overwrite=overwrite, resume=resume) as (out, run_id):
-        how = _Training(device, progress, out / "checkpoints", checkpoint_every, resume)
+        how = _Training(device, progress, out / "checkpoints", checkpoint_every, resume, store)
         t0 = time.perf_counter()
         surrogate, pre, kaes, metrics = _fit_stage(
             dataset, network, subject, subject_seed, train, val, test, kae, seeds, layer_i, layer_j, q,
@@ -209,15 +213,17 @@ def reproduce(
 
 @dataclass(frozen=True)
 class _Training:
-    """How a run trains its networks (none of it changes what is computed): on ``device``, with
-    progress bars or not, checkpointed under ``checkpoints`` every ``every`` epochs, and resumed
-    from those checkpoints or not."""
+    """How a run trains its networks: on ``device``, with progress bars or not, checkpointed under
+    ``checkpoints`` every ``every`` epochs, and resumed from those checkpoints or not; the KAEs from
+    the activation store ``store`` (the spec's ``[store]``, :mod:`koopmanlens.store_stage`) or in
+    memory (``None``). Only ``store`` changes what is computed, and the spec says whether there is one."""
 
     device: str | None
     progress: bool
     checkpoints: Path
     every: int
     resume: bool
+    store: StoreRun | None = None
 
 
 def _subject_network(
@@ -258,15 +264,24 @@ def _fit_stage(
     t_subject = time.perf_counter() - t0
     layer_j = layer_j or _last_layer(network)
     t1 = time.perf_counter()
-    pre, kaes, kae_block, kae_seconds = fit_surrogates(
-        network, train, test, layer_i, layer_j, kae, range(seeds), val=val, q=q, device=how.device,
-        progress=how.progress, checkpoint_dir=how.checkpoints, checkpoint_every=how.every,
-        resume=how.resume,
-    )  # fmt: skip
+    if how.store is None:
+        pre, kaes, kae_block, kae_seconds = fit_surrogates(
+            network, train, test, layer_i, layer_j, kae, range(seeds), val=val, q=q, device=how.device,
+            progress=how.progress, checkpoint_dir=how.checkpoints, checkpoint_every=how.every,
+            resume=how.resume,
+        )  # fmt: skip
+    else:  # from an activation store, with the other ranks under torchrun
+        from koopmanlens.store_stage import fit_surrogates_from_store
+
+        pre, kaes, kae_block, kae_seconds = fit_surrogates_from_store(
+            network, train, test, layer_i, layer_j, kae, range(seeds), val, q, how=how, store=how.store
+        )
     t_kae = time.perf_counter() - t1
     metrics = _base_metrics(
         dataset, network, train, test, layer_i, layer_j, kae_block, experiment, how.device
     )
+    if how.store is not None:
+        metrics["environment"]["processes"] = how.store.ctx.world_size
     metrics["timing_s"] = {"subject": t_subject, "kae": t_kae, "kae_per_seed": kae_seconds}
     return Surrogate(network, layer_i, layer_j, pre, kaes[min(kaes)]), pre, kaes, metrics
 
@@ -291,7 +306,8 @@ def _write_run(
     if report:
         write_views(out, network, surrogate, train, test, forget=edit_classes[0] if edit_classes else None)
     write_run_files(out, network, pre, kaes, metrics, info, run_id, experiment)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    for scratch in ("checkpoints", "store"):  # store/: the default store of a [store] run
+        shutil.rmtree(out / scratch, ignore_errors=True)
     if report:
         from koopmanlens.report import write_report
 

@@ -49,6 +49,7 @@ OWNED: dict[str, re.Pattern | None] = {
     "figures": re.compile(r"[\w.+-]+\.png"),
     "edits": re.compile(r"[\w.+-]+\.(safetensors|json)"),
     "checkpoints": re.compile(r"[\w.+-]+\.(safetensors|json)"),
+    "store": re.compile(r"manifest\.json|shard-\d{5,}\.safetensors"),  # a run's default activation store
 }
 _TMP = re.compile(r"\..+\.tmp")
 

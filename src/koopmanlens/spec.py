@@ -195,6 +195,28 @@ class TopologySpec(_Frozen):
     """Compute the topology block (Betti numbers along the layers and the KAE steps)."""
 
 
+class StoreSpec(_Frozen):
+    """Train the KAEs from a paired activation store (docs/activation-store.md) instead of in memory:
+    the training split's (x_i, x_j) are captured to shards on disk and streamed back, and the run can
+    be launched data parallel with ``torchrun``. The store's reading is part of what is computed (it
+    sets the batches), so it lives here; where the store is written is ``koopmanlens run --store``."""
+
+    parts: PosInt | None = None
+    """The parts of each global KAE batch, each read from its own shards through its own shuffling
+    buffer (``None``: no store, the KAEs train in memory). The same ``parts`` gives the same weights on
+    any number of processes dividing it; another ``parts`` is another training."""
+    rows_per_shard: PosInt = 65536
+    """Rows per shard file; the store needs at least ``parts`` shards."""
+    buffer_rows: PosInt | None = None
+    """Rows of each part's shuffling buffer (``None``: twice the larger of a shard and a batch)."""
+
+    @model_validator(mode="after")
+    def _parts_first(self) -> StoreSpec:
+        if self.parts is None and self.model_fields_set - {"parts"}:
+            raise ValueError("rows_per_shard and buffer_rows need parts (the store is used only with parts)")
+        return self
+
+
 class ExperimentSpec(_Frozen):
     """What one experiment computes (module docstring)."""
 
@@ -218,10 +240,14 @@ class ExperimentSpec(_Frozen):
     """The ``[editing]`` table."""
     topology: TopologySpec = Field(default_factory=TopologySpec)
     """The ``[topology]`` table."""
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    """The ``[store]`` table: train the KAEs from an activation store (whole-sample networks only)."""
 
     @model_validator(mode="after")
     def _token_rules(self) -> ExperimentSpec:
         kind, source = self.network.kind, self.data.source
+        if kind in TOKEN_KINDS and self.store.parts is not None:
+            raise ValueError("[store] applies to whole-sample networks only, not to sequence networks")
         if kind not in TOKEN_KINDS:
             if source in TOKEN_KINDS.values():
                 raise ValueError(

@@ -167,7 +167,8 @@ def capture_to_store(
         batch_size: rows per forward pass when ``data_x`` is a tensor or a Dataset (an iterable's own
             batches are used as they come). Rows are bit-identical to ``capture`` with this batch size.
         resume: continue a capture that was interrupted (the rows already stored are skipped, and
-            their inputs must hash to the manifest's ``source_digest``); a complete store is returned.
+            their inputs must hash to the manifest's ``source_digest``); a complete store is returned
+            once the inputs are checked the same way (hashed, not run through the model).
 
     Returns:
         The :class:`ActivationStore`, complete.
@@ -179,6 +180,7 @@ def capture_to_store(
     folder = Path(folder)
     manifest = _start(folder, layer_i, layer_j, rows_per_shard, resume)
     if manifest["complete"]:
+        _check_inputs(data_x, batch_size, manifest, folder)
         return ActivationStore(folder, layer_i, layer_j)
     done, digest, seen = manifest["total_rows"], _SourceHash(), 0
     total = len(data_x) if isinstance(data_x, (torch.Tensor, Dataset)) else None
@@ -196,6 +198,17 @@ def capture_to_store(
         writer.flush()
     _finish(folder, manifest, seen, done)
     return ActivationStore(folder, layer_i, layer_j)
+
+
+def _check_inputs(data_x: object, batch_size: int, manifest: dict, folder: Path) -> None:
+    """A complete store is resumed only with the inputs it was captured from: they are hashed (no
+    forward pass) and must give the manifest's ``source_digest`` and row count."""
+    digest, seen = _SourceHash(), 0
+    for x, y in _input_batches(data_x, batch_size):
+        digest.update(x, y)
+        seen += len(x)
+    if seen != manifest["total_rows"] or digest.hexdigest() != manifest["source_digest"]:
+        raise ArtifactError(f"{folder} was captured from other inputs than these; cannot resume")
 
 
 def _skip_stored(

@@ -112,7 +112,9 @@ def run_epoch(
     (triangular or constant, times ``lr_scale``). Returns the epoch's mean loss terms (and
     ``"total"``), the step counter after the epoch and the last learning rate. ``terms_fn``: the
     loss terms of one item of ``batches`` in place of :func:`kae_losses` (the data-parallel trainer's
-    per-part losses, :mod:`koopmanlens.distributed`; no trajectory term)."""
+    per-part losses, :mod:`koopmanlens.distributed`; no trajectory term). When those terms carry
+    ``"parts"`` (one row of logged terms per part), the epoch's means are returned per part, as
+    ``{"parts": (parts, terms + 1) float64}``, for that trainer's reduce."""
     acc, count, lr = None, 0, 0.0
     for item in batches:
         lr = lr_scale * (
@@ -128,12 +130,16 @@ def run_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        row = torch.stack([terms[t].detach() for t in ALL_TERMS] + [loss.detach()])
+        row = terms.get("parts")  # the data-parallel trainer's logged terms, one row per part
+        if row is None:
+            row = torch.stack([terms[t].detach() for t in ALL_TERMS] + [loss.detach()])
         acc = torch.zeros_like(row) + row if acc is None else acc + row
         step += 1
         count += 1
     if acc is None:
         raise TrainingDivergedError("an epoch had no batches to train on")
+    if acc.dim() == 2:  # per part: the data-parallel trainer's reduce averages them in part order
+        return {"parts": (acc / count).double()}, step, lr
     vals = (acc / count).tolist()
     return dict(zip((*ALL_TERMS, "total"), vals, strict=True)), step, lr
 

@@ -207,7 +207,7 @@ def _fit_from_store(
     if ck is not None and resume:
         fit.step, first_epoch = ck.restore(fit.model, fit.opt, fit.gen, fit.ledger, dev)
         fit.ledger.bar.update(fit.ledger.task, completed=first_epoch)
-    fit.terms_fn, fit.reduce = training_hooks(fit.model, cfg, ctx, dev)
+    fit.terms_fn, fit.reduce = training_hooks(fit.model, cfg, ctx, dev, plan.parts)
     total = cfg.epochs * plan.steps
     fit.ledger.start(fit.model, fit.opt)
     for epoch in range(first_epoch, cfg.epochs):
