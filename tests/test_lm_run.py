@@ -15,6 +15,7 @@ from koopmanlens.cli import app
 from koopmanlens.errors import InputError
 from koopmanlens.experiment import RunOptions, run_experiment
 from koopmanlens.lm_artifacts import load_lm_run
+from koopmanlens.lm_run import fit_subsample
 from koopmanlens.lm_testbeds import network_config, token_data
 from koopmanlens.spec import load_spec, spec_from_dict
 from koopmanlens.testbeds import fourier as F
@@ -85,6 +86,7 @@ TEXT = {
         ("text:data.max_windows", 0, "data.max_windows = 0"),
         ("text:data.p", 7, "do not apply to source 'text'"),
         ("text:network.kind", "modadd", "network.kind 'modadd' is trained on data.source 'modadd'"),
+        ("span.fit_sequences", 0, "span.fit_sequences = 0"),
     ],
 )
 def test_every_token_field_refuses_a_bad_value(path, value, needle):
@@ -100,7 +102,7 @@ def test_every_token_field_refuses_a_bad_value(path, value, needle):
 
 def test_positions_and_token_sources_need_a_sequence_network():
     yy = load_spec("yinyang")[0].to_dict()
-    with pytest.raises(InputError, match=r"span\.positions applies to sequence networks only"):
+    with pytest.raises(InputError, match=r"span\.positions and span\.fit_sequences apply to sequence networks only"):
         spec_from_dict({**yy, "span": {**yy["span"], "positions": "last"}})
     with pytest.raises(InputError, match="needs a sequence network"):
         spec_from_dict({**yy, "data": {"source": "modadd"}})
@@ -190,6 +192,30 @@ def test_cli_show_report_and_refusals(quick_run):
     refused = runner.invoke(app, ["topology", str(out)])
     assert refused.exit_code == 2
     assert "sequence-model (per-token) run" in " ".join(refused.output.split())
+
+
+def test_fit_subsample_is_a_seeded_sorted_sample():
+    x = torch.arange(50).view(10, 5)
+    assert fit_subsample(x, None) is x and fit_subsample(x, 10) is x
+    sub = fit_subsample(x, 4)
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))[:4].sort().values
+    assert torch.equal(sub, x[order])
+    assert torch.equal(fit_subsample(x, 4), sub)  # seeded: the same rows every time
+
+
+def test_chargpt_quick_runs_end_to_end_with_exact_identities(tmp_path):
+    spec = load_spec("chargpt-quick")[0]
+    m = run_experiment(spec, RunOptions(tmp_path / "run", progress=False))
+    lm = m["lm"]
+    assert lm["positions"] == "all"
+    test = token_data(spec)["test"]
+    assert lm["n_scored_tokens"] == test.targets.numel() == 64 * 32  # every position, 64 windows
+    assert lm["ablations"]["zero"]["ce_score_zero"] == 0.0
+    assert lm["clean"]["ce"] == pytest.approx(m["network"]["test"]["ce"], rel=1e-6)
+    run = load_lm_run(tmp_path / "run")
+    logits = run.surrogate(0).token_logits(test.inputs)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).double(), test.targets.flatten())
+    assert float(ce) == pytest.approx(lm["per_seed"][0]["ce"], rel=1e-5)
 
 
 def test_frequency_spectrum_finds_a_planted_frequency():

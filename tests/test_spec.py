@@ -25,7 +25,8 @@ runner = CliRunner()
 
 def test_builtin_specs_are_the_documented_ones():
     assert builtin_specs() == [
-        "mnist", "mnist-fast", "modadd", "modadd-quick", "yinyang", "yinyang-paper", "yinyang-quick",
+        "chargpt", "chargpt-quick", "mnist", "mnist-fast", "modadd", "modadd-quick", "yinyang",
+        "yinyang-paper", "yinyang-quick",
     ]  # fmt: skip
 
 

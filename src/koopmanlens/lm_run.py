@@ -39,6 +39,15 @@ def span_positions(spec: ExperimentSpec) -> Positions:
     return None if pos in (None, "all") else pos
 
 
+def fit_subsample(inputs: torch.Tensor, n: int | None) -> torch.Tensor:
+    """``span.fit_sequences``: the rows of a seeded permutation (seed 0) of the training sequences'
+    first ``n`` entries, in their original order (all of them when ``n`` is ``None`` or larger)."""
+    if n is None or n >= len(inputs):
+        return inputs
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0))
+    return inputs[order[:n].sort().values]
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenFit:
     """What the fit stage hands on: the network, the span, the preprocessing and one KAE per seed,
@@ -66,7 +75,9 @@ def fit_token_kaes(
     """Capture the span per token on train and validation (once), fit the preprocessing (once) and
     a KAE per seed 0..``spec.seeds``-1. Returns the fit and each KAE's seconds."""
     li, lj, pos = spec.span.layer_i, spec.span.layer_j or "", span_positions(spec)
-    rows = {k: capture_tokens(network, data[k].inputs, [li, lj], positions=pos) for k in ("train", "val")}
+    train = fit_subsample(data["train"].inputs, spec.span.fit_sequences)
+    inputs = {"train": train, "val": data["val"].inputs}
+    rows = {k: capture_tokens(network, x, [li, lj], positions=pos) for k, x in inputs.items()}
     pre = PairPreprocessor(spec.preprocessing.q).fit(rows["train"][li], rows["train"][lj])
     z = {k: pre.transform(r[li], r[lj]) for k, r in rows.items()}
     cfg = kae_spec_config(spec)

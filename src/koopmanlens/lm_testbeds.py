@@ -152,5 +152,8 @@ def train_network(
         return model, {**info, "config": dataclasses.asdict(cfg)}
     from koopmanlens.testbeds import chargpt
 
-    model, info = chargpt.train_chargpt(cfg, char_splits(spec), spec.network.seed, progress=progress)
+    # one intra-op thread, as benchmarks/chargpt.py measured it (on the shared 2-core machine two
+    # threads ran about 5x slower than one for this small network)
+    with torch_threads(1):
+        model, info = chargpt.train_chargpt(cfg, char_splits(spec), spec.network.seed, progress=progress)
     return model.eval(), {**info, "config": dataclasses.asdict(cfg)}

@@ -156,6 +156,9 @@ class SpanSpec(_Frozen):
     """Sequence models only (per-token mode, :mod:`koopmanlens.tokens`): the positions whose rows
     the KAE is fitted on and spliced at: ``"all"`` (default), ``"last"`` or a list of indices
     (negative ones from the end)."""
+    fit_sequences: PosInt | None = None
+    """Sequence models only: fit the preprocessing, the KAEs and the linear baseline on a seeded
+    subsample (seed 0) of this many training sequences (``None``: all of them)."""
 
 
 class PreprocessingSpec(_Frozen):
@@ -254,8 +257,10 @@ class ExperimentSpec(_Frozen):
                     f"data.source {source!r} needs a sequence network (network.kind "
                     f"{'/'.join(k for k, v in TOKEN_KINDS.items() if v == source)})"
                 )
-            if self.span.positions is not None:
-                raise ValueError("span.positions applies to sequence networks only (modadd, chargpt)")
+            if self.span.positions is not None or self.span.fit_sequences is not None:
+                raise ValueError(
+                    "span.positions and span.fit_sequences apply to sequence networks only (modadd, chargpt)"
+                )
             return self
         if source != TOKEN_KINDS[kind]:
             raise ValueError(
