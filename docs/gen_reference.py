@@ -44,6 +44,8 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
             "koopmanlens.kae.losses",
             "koopmanlens.kae.trainer",
             "koopmanlens.fit_record",
+            "koopmanlens.loop",
+            "koopmanlens.callbacks",
         ],
     ),
     ("editing", "koopmanlens.editing", ["koopmanlens.editing"]),

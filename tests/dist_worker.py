@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import torch
+from faults import KillAfterEpoch
 from safetensors.torch import save_file
 from torch import nn
 
-import koopmanlens.kae.stream as stream
 from koopmanlens.distributed import fit_preprocessor, init_from_env
 from koopmanlens.kae.stream import key_stats_from_store, train_kae_stream
 from koopmanlens.store import ActivationStore
@@ -60,23 +60,17 @@ def val_pairs(pre, store: ActivationStore) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def interrupted_then_resumed(store, pre, val, ck: Path, **kw):
-    """A training killed after the checkpoint of epoch index 1, then resumed from it."""
-    real = stream._save_checkpoint
-
-    def save_then_die(ck_, fit, epoch, ctx):
-        real(ck_, fit, epoch, ctx)
-        if epoch == 1:
-            raise KeyboardInterrupt("killed")
-
-    stream._save_checkpoint = save_then_die
+    """A training killed after the checkpoint of epoch index 1 (on every rank, once it is written),
+    then resumed from it."""
+    kill = KillAfterEpoch(1)
     try:
-        train_kae_stream(store, pre, seed=3, val=val, checkpoint=ck, checkpoint_every=2, **kw)
+        train_kae_stream(
+            store, pre, seed=3, val=val, checkpoint=ck, checkpoint_every=2, callbacks=[kill], **kw
+        )
     except KeyboardInterrupt:
         pass
     else:
         raise AssertionError("the interrupted training was not interrupted")
-    finally:
-        stream._save_checkpoint = real
     return train_kae_stream(store, pre, seed=3, val=val, checkpoint=ck, checkpoint_every=2, resume=True, **kw)
 
 

@@ -1,6 +1,7 @@
 """The koopmanlens CLI with a pause after every checkpoint, so that a test can kill a run between two
 checkpoints (tests/test_reliability.py). The pause lives here, in the tests, not in the library:
-no environment variable changes what the library does.
+no environment variable changes what the library does. The CLI takes no callbacks, so this launcher
+wraps the one checkpoint writer both trainers use (:meth:`koopmanlens.callbacks.Checkpoint.save`).
 
     python tests/slow_cli.py SECONDS reproduce yinyang ...
 """
@@ -10,8 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-import koopmanlens.kae.trainer as kae_trainer
-import koopmanlens.subject as subject
+from koopmanlens.callbacks import Checkpoint
 from koopmanlens.cli import app
 
 
@@ -25,7 +25,6 @@ def _slowed(save):
 
 if __name__ == "__main__":
     PAUSE = float(sys.argv[1])
-    subject.save_checkpoint = _slowed(subject.save_checkpoint)
-    kae_trainer.save_checkpoint = _slowed(kae_trainer.save_checkpoint)
+    Checkpoint.save = _slowed(Checkpoint.save)
     sys.argv = ["koopmanlens", *sys.argv[2:]]
     app()

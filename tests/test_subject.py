@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+from faults import KillAfterFirstCheckpoint
 from torch import nn
 
 import koopmanlens as kl
@@ -103,27 +104,20 @@ def test_paper_presets_keep_the_paper_recipe():
     assert dataclasses.asdict(subject_config("yinyang-paper")) == dataclasses.asdict(SubjectConfig())
 
 
-def test_one_cycle_training_resumes_to_the_same_weights(yy_small, tmp_path, monkeypatch):
+def test_one_cycle_training_resumes_to_the_same_weights(yy_small, tmp_path):
     train = yy_small[0]
     kw = {"epochs": 6, "blocks": 2, "norm": "none", "schedule": "onecycle", "progress": False}
     straight = kl.subject.train_resmlp(train, "yinyang-paper", seed=2, **kw)
     ck = tmp_path / "subject"
-    calls = []
-    save = subject.save_checkpoint
-
-    def crash_after_first_checkpoint(*args, **kwargs):  # a kill right after epoch 3's checkpoint
-        save(*args, **kwargs)
-        calls.append(args[4])  # the epoch saved
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(subject, "save_checkpoint", crash_after_first_checkpoint)
+    kill = KillAfterFirstCheckpoint(ck)  # a kill right after the first checkpoint is written
     with pytest.raises(KeyboardInterrupt):
-        kl.subject.train_resmlp(train, "yinyang-paper", seed=2, checkpoint=ck, checkpoint_every=3, **kw)
-    monkeypatch.setattr(subject, "save_checkpoint", save)
+        kl.subject.train_resmlp(
+            train, "yinyang-paper", seed=2, checkpoint=ck, checkpoint_every=3, callbacks=[kill], **kw
+        )
     resumed = kl.subject.train_resmlp(
         train, "yinyang-paper", seed=2, checkpoint=ck, checkpoint_every=3, resume=True, **kw
     )
-    assert calls == [2]  # killed after the checkpoint of epoch index 2 (three epochs done)
+    assert kill.saved == [2]  # killed after the checkpoint of epoch index 2 (three epochs done)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 

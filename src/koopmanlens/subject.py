@@ -9,28 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from koopmanlens.callbacks import Checkpoint, ProgressBar
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.fit_record import FitRecord, RecordField
 from koopmanlens.io import tensor_digest
+from koopmanlens.loop import Callback, Loop, fit_loop
 from koopmanlens.metrics import classification_metrics
-from koopmanlens.training import (
-    check_finite_losses,
-    load_checkpoint,
-    make_generator,
-    progress_bar,
-    resolve_device,
-    save_checkpoint,
-    seeded,
-    torch_threads,
-    triangular_lr,
-)
+from koopmanlens.training import make_generator, resolve_device, seeded, torch_threads, triangular_lr
 
 NORMS = ("batch", "none")
 SCHEDULES = ("triangular", "onecycle")
@@ -185,11 +178,12 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class _LRSchedule:
+class _LRSchedule(Callback):
     """The learning rate of every batch: METHOD's triangular cycle, set by hand before each step, or
     :class:`torch.optim.lr_scheduler.OneCycleLR` (cosine, ``pct_start = warmup_frac``, fixed momentum),
-    stepped after each optimizer step. Resuming at ``step`` continues the same sequence: the LR itself
-    comes back with the optimizer's param groups, and the scheduler's counter is set to ``step``."""
+    stepped after each optimizer step. A callback of the training loop: a resumed training continues
+    the same sequence, the LR itself coming back with the optimizer's param groups and the
+    scheduler's counter set to the restored step when the fit starts."""
 
     def __init__(self, cfg: SubjectConfig, opt: torch.optim.Optimizer, total_steps: int) -> None:
         self.cfg, self.opt, self.total = cfg, opt, total_steps
@@ -202,6 +196,10 @@ class _LRSchedule:
     def resume(self, step: int) -> None:
         if self.scheduler is not None:
             self.scheduler.last_epoch = step
+
+    def on_fit_start(self, loop: Loop) -> None:
+        if loop.step:
+            self.resume(loop.step)
 
     def before_step(self, step: int) -> float:
         """Set (triangular) or read (one-cycle) the LR of batch number ``step``."""
@@ -241,8 +239,11 @@ def _train_epoch(
     y: torch.Tensor,
     order: torch.Tensor,
     step: int,
+    on_terms: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over ``x`` in ``order``: (mean loss, last LR, the step counter after it)."""
+    """One pass over ``x`` in ``order``: (mean loss, last LR, the step counter after it). ``on_terms``
+    sees each step's ``{"cross_entropy": loss}`` before the backward pass and may change it
+    (:meth:`koopmanlens.loop.Loop.on_train_batch`)."""
     n, lr = len(x), 0.0
     running = torch.zeros((), device=x.device)
     for b in range(-(-n // cfg.batch_size)):
@@ -251,6 +252,10 @@ def _train_epoch(
             continue
         lr = sched.before_step(step)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        if on_terms is not None:
+            terms = {"cross_entropy": loss}
+            on_terms(terms)
+            loss = terms["cross_entropy"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip is not None:
@@ -271,14 +276,18 @@ def train_resmlp(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 50,
     resume: bool = False,
+    callbacks: Sequence[Callback] = (),
     **overrides: object,
 ) -> ResMLP:
     """Train the residual MLP on ``train`` with SGD + momentum, the config's LR schedule stepped per
     batch (triangular cycle or one-cycle), weight decay on weights only and, unless ``clip`` is None,
     gradient-norm clipping. Deterministic under ``seed`` on CPU. ``checkpoint`` (a path stem) is
     written every ``checkpoint_every`` epochs and at the end; with ``resume`` training continues from
-    it to the same result. Returns the network in eval mode with its ``fit_record`` (the seconds, the
-    precision and the config; no per-epoch history; also read as ``train_seconds_`` and ``config_``).
+    it to the same result. ``callbacks``: more :class:`~koopmanlens.loop.Callback` objects, run after
+    the trainer's own (the schedule, the progress bar, the checkpoint) in the training loop
+    (:func:`~koopmanlens.loop.fit_loop`). Returns the network in eval mode with its ``fit_record``
+    (the seconds, the precision and the config; no per-epoch history; also read as
+    ``train_seconds_`` and ``config_``).
     """
     cfg = subject_config(preset, **overrides)
     x = _check_subject_data(train, cfg)
@@ -289,36 +298,29 @@ def train_resmlp(
             model = cfg.build()
         model.to(dev).train()
         opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=0.0, momentum=cfg.momentum)
-        gen = make_generator(seed + 1)
         x, y = x.to(dev), train.y.to(dev)
         sched = _LRSchedule(cfg, opt, cfg.epochs * -(-len(x) // cfg.batch_size))
-        step, first_epoch = 0, 0
-        identity = None
+        precision = str(model.head.weight.dtype).removeprefix("torch.")
+        record = FitRecord(precision=precision, config=cfg.to_dict())
+        loop = Loop(model, opt, make_generator(seed + 1), cfg.epochs, dev, record, False, started=start)
+        own: list[Callback] = [
+            sched,
+            ProgressBar("subject", progress, lambda logs: f"loss {logs['cross_entropy']:.4f}"),
+        ]
         if checkpoint is not None:
             identity = {"seed": seed, "config": cfg.to_dict(), "data": tensor_digest(x, train.y)}
-        if checkpoint is not None and resume:
-            restored = load_checkpoint(checkpoint, model, opt, gen, identity)
-            if restored is not None:
-                step, first_epoch = int(restored[0]["step"]), int(restored[0]["epoch"]) + 1
-                sched.resume(step)
-        with progress_bar(progress) as bar:
-            task = bar.add_task("subject", total=cfg.epochs, completed=first_epoch, info="")
-            for epoch in range(first_epoch, cfg.epochs):
-                order = torch.randperm(len(x), generator=gen).to(dev)
-                mean_loss, lr, step = _train_epoch(cfg, model, opt, sched, x, y, order, step)
-                check_finite_losses({"cross_entropy": mean_loss}, epoch, lr)
-                bar.update(task, advance=1, info=f"loss {mean_loss:.4f}")
-                if checkpoint is not None and (
-                    (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1
-                ):
-                    save_checkpoint(checkpoint, model, opt, gen, epoch, step, identity=identity)
+            own.append(Checkpoint(checkpoint, checkpoint_every, identity, resume=resume))
+
+        def epoch_fn(loop: Loop, epoch: int) -> dict:
+            order = torch.randperm(len(x), generator=loop.gen).to(dev)
+            mean_loss, lr, loop.step = _train_epoch(
+                cfg, model, opt, sched, x, y, order, loop.step, loop.on_train_batch
+            )
+            return {"lr": lr, "cross_entropy": mean_loss}
+
+        record = fit_loop(loop, epoch_fn, [*own, *callbacks])
     model.eval()
-    model.fit_record = FitRecord(
-        best_epoch=cfg.epochs - 1,
-        seconds=time.perf_counter() - start,
-        precision=str(model.head.weight.dtype).removeprefix("torch."),
-        config=cfg.to_dict(),
-    )
+    model.fit_record = record
     return model
 
 

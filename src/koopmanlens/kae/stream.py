@@ -16,8 +16,7 @@ the Gram matrix of the observables phi(x_i)) over a store.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,13 +27,14 @@ from koopmanlens.distributed import DistContext, reduce_key_stats, training_hook
 from koopmanlens.edit_solvers import KeyStats
 from koopmanlens.errors import InputError
 from koopmanlens.io import tensor_digest
-from koopmanlens.kae.epoch import KAETraining, training_session
+from koopmanlens.kae.epoch import KAETraining
 from koopmanlens.kae.model import KoopmanAE
-from koopmanlens.kae.trainer import KAEConfig, _check_pair, _Checkpoint, kae_config
+from koopmanlens.kae.trainer import KAEConfig, _check_pair, kae_checkpoint, kae_config
+from koopmanlens.loop import Callback, EpochFn, Loop
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.store import ActivationStore
 from koopmanlens.store_format import sha256_hex
-from koopmanlens.training import resolve_device
+from koopmanlens.training import resolve_device, torch_threads
 
 if TYPE_CHECKING:
     from koopmanlens.surrogate import Surrogate
@@ -124,13 +124,6 @@ def store_identity(
     }
 
 
-def _save_checkpoint(ck: _Checkpoint, fit: KAETraining, epoch: int, ctx: DistContext) -> None:
-    """Rank 0 writes the checkpoint after ``epoch``; every rank waits until it is written."""
-    if ctx.is_main:
-        ck.save(fit.model, fit.opt, fit.gen, fit.ledger, epoch, fit.step)
-    ctx.barrier()
-
-
 def train_kae_stream(
     store: ActivationStore,
     preprocessor: PairPreprocessor,
@@ -147,6 +140,7 @@ def train_kae_stream(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 50,
     resume: bool = False,
+    callbacks: Sequence[Callback] = (),
     **overrides: object,
 ) -> KoopmanAE:
     """Fit a KAE on the pairs of ``store``, each batch preprocessed by ``preprocessor`` as it is read.
@@ -168,6 +162,7 @@ def train_kae_stream(
         checkpoint: path stem of a checkpoint (``.safetensors`` + ``.json``, written by rank 0) every
             ``checkpoint_every`` epochs and at the end; with ``resume`` training continues from it and
             gives the same model as an uninterrupted run.
+        callbacks: as in ``train_kae``, run on every rank.
 
     Returns:
         The model in eval mode, on CPU, with its ``fit_record`` set, as from ``train_kae``.
@@ -179,45 +174,45 @@ def train_kae_stream(
     ck = None
     if checkpoint is not None:
         ident = store_identity(store, preprocessor, val, plan.parts, shuffle, buffer_rows)
-        ck = _Checkpoint(checkpoint, checkpoint_every, seed, {"seed": seed, "config": cfg.to_dict(), **ident})
+        ck = kae_checkpoint(checkpoint, checkpoint_every, resume, seed, cfg, ident, ctx)
     dev = resolve_device(device)
-    start = time.perf_counter()
     log_path = log_path if ctx.is_main else None
-    with training_session(cfg, dev, progress and ctx.is_main, log_path) as (bar, log):
-        fit = KAETraining.begin(cfg, preprocessor.dim_, seed, dev, val, log, bar, f"KAE seed {seed} (store)")
-        _fit_from_store(fit, store, preprocessor, plan, (shuffle, buffer_rows), dev, ck, resume, ctx)
-    return fit.ledger.finish(fit.model, dev, time.perf_counter() - start)
+    with torch_threads(cfg.threads if dev.type == "cpu" else None):
+        label, shown = f"KAE seed {seed} (store)", progress and ctx.is_main
+        fit = KAETraining.begin(cfg, preprocessor.dim_, seed, dev, val, log_path, shown, label)
+        epoch_fn = _store_epochs(fit, store, preprocessor, plan, (shuffle, buffer_rows), dev)
+        return fit.fit(epoch_fn, [ck, _DataParallel(fit, ctx, dev, plan.parts), *callbacks])
 
 
-def _fit_from_store(
+class _DataParallel(Callback):
+    """Sets the trainer's data-parallel hooks (:func:`~koopmanlens.distributed.training_hooks`) when
+    the fit starts, once the checkpoint, if resumed, has restored the weights."""
+
+    def __init__(self, fit: KAETraining, ctx: DistContext, dev: torch.device, parts: int) -> None:
+        self.fit, self.ctx, self.dev, self.parts = fit, ctx, dev, parts
+
+    def on_fit_start(self, loop: Loop) -> None:
+        hooks = training_hooks(self.fit.model, self.fit.cfg, self.ctx, self.dev, self.parts)
+        self.fit.terms_fn, self.fit.reduce = hooks
+
+
+def _store_epochs(
     fit: KAETraining,
     store: ActivationStore,
     pre: PairPreprocessor,
     plan: PartPlan,
     reading: tuple[bool, int | None],
     dev: torch.device,
-    ck: _Checkpoint | None,
-    resume: bool,
-    ctx: DistContext,
-) -> None:
-    """Train ``fit`` for the epochs left, reading ``store`` by ``plan`` (``reading``: shuffle, buffer
-    rows): from the checkpoint ``ck`` with ``resume``, saved to it as configured."""
-    cfg = fit.cfg
-    first_epoch = 0
-    if ck is not None and resume:
-        fit.step, first_epoch = ck.restore(fit.model, fit.opt, fit.gen, fit.ledger, dev)
-        fit.ledger.bar.update(fit.ledger.task, completed=first_epoch)
-    fit.terms_fn, fit.reduce = training_hooks(fit.model, cfg, ctx, dev, plan.parts)
-    total = cfg.epochs * plan.steps
-    fit.ledger.start(fit.model, fit.opt)
-    for epoch in range(first_epoch, cfg.epochs):
-        seeds = torch.randint(0, 2**62, (plan.parts,), generator=fit.gen).tolist()
-        batches = _epoch_batches(store, pre, plan, seeds, reading, dev)
-        if not fit.epoch(batches, total, epoch):
-            continue
-        if ck is not None and ck.due(epoch, cfg.epochs):
-            _save_checkpoint(ck, fit, epoch, ctx)
-        fit.ledger.snapshot(fit.model, fit.opt)
+) -> EpochFn:
+    """The epochs of ``fit``, each reading ``store`` by ``plan`` (``reading``: shuffle, buffer rows)
+    with per-part seeds drawn from the loop's generator."""
+    total = fit.cfg.epochs * plan.steps
+
+    def epoch_fn(loop: Loop, epoch: int) -> dict:
+        seeds = torch.randint(0, 2**62, (plan.parts,), generator=loop.gen).tolist()
+        return fit.epoch(_epoch_batches(store, pre, plan, seeds, reading, dev), total)
+
+    return epoch_fn
 
 
 @torch.no_grad()

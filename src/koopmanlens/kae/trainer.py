@@ -4,29 +4,32 @@ the four weighted losses, per-epoch JSON-lines log, divergence checks, best-on-v
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from koopmanlens.callbacks import Checkpoint
 from koopmanlens.errors import InputError
 from koopmanlens.io import tensor_digest
 from koopmanlens.kae.epoch import (
     ALL_TERMS,
     LOSS_TERMS,
-    EpochLedger,
     KAETraining,
     kae_losses,
     param_groups,
-    training_session,
     trajectory_loss,
     validation_state_loss,
 )
 from koopmanlens.kae.losses import REDUCTIONS
 from koopmanlens.kae.model import KoopmanAE
-from koopmanlens.training import PRECISIONS, load_checkpoint, resolve_device, save_checkpoint
+from koopmanlens.loop import Callback, EpochFn, Loop
+from koopmanlens.training import PRECISIONS, resolve_device, torch_threads
+
+if TYPE_CHECKING:
+    from koopmanlens.distributed import DistContext
 
 __all__ = [
     "ALL_TERMS",
@@ -184,6 +187,7 @@ def train_kae(
     resume: bool = False,
     waypoints: tuple[list[int], torch.Tensor] | None = None,
     shuffle: bool = True,
+    callbacks: Sequence[Callback] = (),
     **overrides: object,
 ) -> KoopmanAE:
     """Fit a KAE that maps preprocessed x_i to preprocessed x_j.
@@ -206,6 +210,7 @@ def train_kae(
         shuffle: ``True`` (default): a seeded permutation of the rows each epoch; ``False``: the rows
             in the order given, every epoch (what :func:`~koopmanlens.kae.stream.train_kae_stream`
             sees from a store read in order, so that the two can be compared exactly).
+        callbacks: more :class:`~koopmanlens.loop.Callback` objects, run after the trainer's own.
 
     Returns:
         The model in eval mode, on CPU, with its ``fit_record``
@@ -219,14 +224,15 @@ def train_kae(
     cfg = kae_config(preset, **overrides)
     x_i, x_j = _training_pairs(x_i, x_j, val)
     dev = resolve_device(device)
-    start = time.perf_counter()
-    with training_session(cfg, dev, progress, log_path) as (bar, log):
+    with torch_threads(cfg.threads if dev.type == "cpu" else None):
         xi, xj = x_i.to(dev), x_j.to(dev)
         wp = _waypoints(waypoints, xi, cfg.k, dev)
-        fit = KAETraining.begin(cfg, xi.shape[1], seed, dev, val, log, bar, f"KAE seed {seed}")
-        ck = _checkpoint(checkpoint, checkpoint_every, seed, cfg, x_i, x_j, val, waypoints)
-        _fit_in_memory(fit, xi, xj, wp, shuffle, dev, ck, resume)
-    return fit.ledger.finish(fit.model, dev, time.perf_counter() - start)
+        fit = KAETraining.begin(cfg, xi.shape[1], seed, dev, val, log_path, progress, f"KAE seed {seed}")
+        ck = None
+        if checkpoint is not None:
+            data = _data_identity(x_i, x_j, val, waypoints)
+            ck = kae_checkpoint(checkpoint, checkpoint_every, resume, seed, cfg, data)
+        return fit.fit(_in_memory_epochs(fit, xi, xj, wp, shuffle, dev), [ck, *callbacks])
 
 
 def _training_pairs(
@@ -243,36 +249,28 @@ def _training_pairs(
     return x_i, x_j
 
 
-def _fit_in_memory(
+def _in_memory_epochs(
     fit: KAETraining,
     xi: torch.Tensor,
     xj: torch.Tensor,
     wp: tuple[list[int] | None, torch.Tensor | None],
     shuffle: bool,
     dev: torch.device,
-    ck: _Checkpoint | None,
-    resume: bool,
-) -> None:
-    """Train ``fit`` on the pairs (``xi``, ``xj``) held on ``dev``, batch by batch, for the epochs
-    left: from the checkpoint ``ck`` with ``resume``, saved to it as configured."""
+) -> EpochFn:
+    """The epochs of ``fit`` on the pairs (``xi``, ``xj``) held on ``dev``: each a seeded permutation
+    of the rows (the rows in order without ``shuffle``) cut into full batches."""
     cfg, n = fit.cfg, len(xi)
     bs = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)  # drop the ragged last batch
     total = cfg.epochs * steps_per_epoch
-    first_epoch = 0
-    if ck is not None and resume:
-        fit.step, first_epoch = ck.restore(fit.model, fit.opt, fit.gen, fit.ledger, dev)
-        fit.ledger.bar.update(fit.ledger.task, completed=first_epoch)
-    fit.ledger.start(fit.model, fit.opt)
-    for epoch in range(first_epoch, cfg.epochs):
-        order = (torch.randperm(n, generator=fit.gen) if shuffle else torch.arange(n)).to(dev)
+
+    def epoch_fn(loop: Loop, epoch: int) -> dict:
+        order = (torch.randperm(n, generator=loop.gen) if shuffle else torch.arange(n)).to(dev)
         idxs = (order[b * bs : (b + 1) * bs] for b in range(steps_per_epoch))
         batches = ((xi[i], xj[i], None if wp[1] is None else (wp[0], wp[1][:, i])) for i in idxs)
-        if not fit.epoch(batches, total, epoch):
-            continue
-        if ck is not None and ck.due(epoch, cfg.epochs):
-            ck.save(fit.model, fit.opt, fit.gen, fit.ledger, epoch, fit.step)
-        fit.ledger.snapshot(fit.model, fit.opt)
+        return fit.epoch(batches, total)
+
+    return epoch_fn
 
 
 def _waypoints(
@@ -293,89 +291,28 @@ def _waypoints(
     return wp_steps, wp_targets
 
 
-def _finite_or_none(v: float) -> float | None:
-    return v if v != float("inf") else None
-
-
-def _identity(seed: int, cfg: KAEConfig, x_i, x_j, val, waypoints) -> dict:
-    """What a KAE training is, for checkpoints: seed, config and digests of its data."""
+def _data_identity(x_i, x_j, val, waypoints) -> dict:
+    """What a KAE training's data are, for its checkpoint: digests of the pairs, the validation pairs
+    and the waypoints."""
     return {
-        "seed": seed,
-        "config": cfg.to_dict(),
         "data": tensor_digest(x_i, x_j),
         "val": None if val is None else tensor_digest(*val),
         "waypoints": None if waypoints is None else [list(waypoints[0]), tensor_digest(waypoints[1])],
     }
 
 
-@dataclass(frozen=True)
-class _Checkpoint:
-    """The checkpoint of one training: path stem ``path`` (``.safetensors`` + ``.json``), written
-    every ``every`` epochs and at the end, of the training ``identity`` (:func:`_identity`; a
-    checkpoint of another training is not resumed)."""
-
-    path: str | Path
-    every: int
-    seed: int
-    identity: dict
-
-    def due(self, epoch: int, epochs: int) -> bool:
-        """Whether the checkpoint is written after epoch ``epoch`` of ``epochs``."""
-        return (epoch + 1) % self.every == 0 or epoch == epochs - 1
-
-    def restore(
-        self,
-        model: KoopmanAE,
-        opt: torch.optim.Optimizer,
-        gen: torch.Generator,
-        ledger: EpochLedger,
-        dev: torch.device,
-    ) -> tuple[int, int]:
-        """Restore the checkpoint, if there is one, into the model, optimizer, generator and
-        ledger; (step, first epoch left to train), (0, 0) without one."""
-        restored = load_checkpoint(self.path, model, opt, gen, self.identity)
-        if restored is None:
-            return 0, 0
-        meta, extras = restored
-        ledger.history = list(meta.get("history", []))
-        ledger.guard.update(meta.get("guard", {}))
-        if ledger.guard["min_state"] is None:  # saved as null before any epoch was accepted
-            ledger.guard["min_state"] = float("inf")
-        if meta.get("best_epoch", -1) >= 0:
-            best_state = {k[5:]: v.to(dev) for k, v in extras.items() if k.startswith("best.")}
-            ledger.best = (float(meta["best_val"]), best_state, int(meta["best_epoch"]))
-        if ledger.log is not None:
-            ledger.log.writelines(json.dumps(r) + "\n" for r in ledger.history)
-        return int(meta["step"]), int(meta["epoch"]) + 1
-
-    def save(
-        self,
-        model: KoopmanAE,
-        opt: torch.optim.Optimizer,
-        gen: torch.Generator,
-        ledger: EpochLedger,
-        epoch: int,
-        step: int,
-    ) -> None:
-        """Write the training's state at the end of epoch ``epoch`` (optimisation step ``step``)."""
-        best, guard = ledger.best, ledger.guard
-        extra = {
-            "history": ledger.history,
-            "best_val": best[0] if best[1] is not None else None,
-            "best_epoch": best[2],
-            "seed": self.seed,
-            "config": ledger.cfg.to_dict(),
-            "guard": {**guard, "min_state": _finite_or_none(guard["min_state"])},
-        }
-        extra_t = {f"best.{k}": v for k, v in (best[1] or {}).items()}
-        save_checkpoint(self.path, model, opt, gen, epoch, step, extra, extra_t, self.identity)
-
-
-def _checkpoint(
-    path: str | Path | None, every: int, seed: int, cfg: KAEConfig, x_i, x_j, val, waypoints
-) -> _Checkpoint | None:
-    """The checkpoint at ``path`` of the training of seed ``seed`` with config ``cfg`` on these
-    data (``None`` without a path)."""
-    if path is None:
-        return None
-    return _Checkpoint(path, every, seed, _identity(seed, cfg, x_i, x_j, val, waypoints))
+def kae_checkpoint(
+    path: str | Path,
+    every: int,
+    resume: bool,
+    seed: int,
+    cfg: KAEConfig,
+    data: dict,
+    dist: DistContext | None = None,
+) -> Checkpoint:
+    """The :class:`~koopmanlens.callbacks.Checkpoint` of the KAE training of ``seed`` and ``cfg`` on
+    ``data`` (digests; a checkpoint of another training is refused), which also writes the seed and
+    the config beside the state; with ``dist``, rank 0 writes and every rank waits for it."""
+    identity = {"seed": seed, "config": cfg.to_dict(), **data}
+    kw = {} if dist is None else {"writer": dist.is_main, "barrier": dist.barrier}
+    return Checkpoint(path, every, identity, {"seed": seed, "config": identity["config"]}, resume, **kw)
