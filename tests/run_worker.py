@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
-import koopmanlens.kae.stream as stream
+from koopmanlens.callbacks import Checkpoint
 from koopmanlens.cli import app
 
 
 def _dying_after(epoch_to_die: int):
-    real = stream._save_checkpoint
+    """Checkpoint.on_epoch_end (the save on rank 0, then the barrier on every rank), then every rank
+    dies when it closed the KAE checkpoint of epoch ``epoch_to_die`` (the subject's are left alone)."""
+    real = Checkpoint.on_epoch_end
 
-    def save_then_die(ck, fit, epoch, ctx):
-        real(ck, fit, epoch, ctx)
-        if epoch == epoch_to_die:
+    def end_then_die(self, loop, epoch, logs):
+        real(self, loop, epoch, logs)
+        kae = Path(self.path).name.startswith("kae-seed")
+        if kae and epoch == epoch_to_die and self.due(epoch, loop.epochs):
             os._exit(3)  # killed: no clean-up, no exception handling
 
-    return save_then_die
+    return end_then_die
 
 
 if __name__ == "__main__":
     if "KILL_AFTER_EPOCH" in os.environ:
-        stream._save_checkpoint = _dying_after(int(os.environ["KILL_AFTER_EPOCH"]))
+        Checkpoint.on_epoch_end = _dying_after(int(os.environ["KILL_AFTER_EPOCH"]))
     app(sys.argv[1:], prog_name="koopmanlens")

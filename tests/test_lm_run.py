@@ -102,7 +102,8 @@ def test_every_token_field_refuses_a_bad_value(path, value, needle):
 
 def test_positions_and_token_sources_need_a_sequence_network():
     yy = load_spec("yinyang")[0].to_dict()
-    with pytest.raises(InputError, match=r"span\.positions and span\.fit_sequences apply to sequence networks only"):
+    only = r"span\.positions and span\.fit_sequences apply to sequence networks only"
+    with pytest.raises(InputError, match=only):
         spec_from_dict({**yy, "span": {**yy["span"], "positions": "last"}})
     with pytest.raises(InputError, match="needs a sequence network"):
         spec_from_dict({**yy, "data": {"source": "modadd"}})

@@ -103,14 +103,10 @@ def run_epoch(
     (triangular or constant, times ``lr_scale``). Returns the epoch's mean loss terms (and
     ``"total"``), the step counter after the epoch and the last learning rate. ``terms_fn``: the
     loss terms of one item of ``batches`` in place of :func:`kae_losses` (the data-parallel trainer's
-<<<<<<< HEAD
     per-part losses, :mod:`koopmanlens.distributed`; no trajectory term). When those terms carry
     ``"parts"`` (one row of logged terms per part), the epoch's means are returned per part, as
-    ``{"parts": (parts, terms + 1) float64}``, for that trainer's reduce."""
-=======
-    per-part losses, :mod:`koopmanlens.distributed`; no trajectory term). ``on_terms``: called with
+    ``{"parts": (parts, terms + 1) float64}``, for that trainer's reduce. ``on_terms``: called with
     each step's terms before they are weighted (:meth:`koopmanlens.loop.Loop.on_train_batch`)."""
->>>>>>> loop
     acc, count, lr = None, 0, 0.0
     for item in batches:
         lr = lr_scale * (
