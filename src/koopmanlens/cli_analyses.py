@@ -159,7 +159,9 @@ def report(
             read_metrics(run_dir)
             if not info.get("per_token") and not (run_dir / "views.safetensors").exists():
                 run, train, test = cli._load(run_dir, data_dir)
-                edits = (run.metrics.get("editing") or {}).get("per_class", [])
+                block = run.metrics.get("editing") or {}
+                edits = block.get("per_class", [])
+                settings = {k: block[k] for k in ("method", "max_target_accuracy") if k in block}
                 pipeline.write_views(
                     run_dir,
                     run.network,
@@ -167,6 +169,7 @@ def report(
                     train,
                     test,
                     forget=edits[0]["forget"] if edits else None,
+                    edit_settings=settings,
                 )
             path = write_report(run_dir, progress=progress)
     except KoopmanLensError as exc:

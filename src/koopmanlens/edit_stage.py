@@ -39,11 +39,14 @@ def editing_block(
     method: str = editing.DEFAULT_METHOD,
     progress: bool = False,
     max_target_accuracy: float = 0.01,
+    edits: dict[tuple[int, int], editing.Edit] | None = None,
 ) -> dict:
     """Table 1's edit columns: for each class, unlearn it with every seed's KAE and evaluate on
-    ``test``; means and sds over the seeds (the ``editing`` key of metrics.json)."""
+    ``test``; means and sds over the seeds (the ``editing`` key of metrics.json). Each seed's
+    surrogate is evaluated on ``test`` once, for all its edits; ``edits``, when given, receives every
+    :class:`~koopmanlens.editing.Edit` under ``(class, seed)`` (the views show the table's edit)."""
     rows = []
-    cache: dict[int, tuple[torch.Tensor, editing.KeyStats]] = {}
+    cache: dict[int, tuple[torch.Tensor, editing.KeyStats, dict]] = {}
     with progress_bar(progress) as bar:
         task = bar.add_task("edit class/seed", total=len(classes) * len(kaes), info="")
         for c in classes:
@@ -52,8 +55,8 @@ def editing_block(
                 sur = Surrogate(network, layer_i, layer_j, pre, kae)
                 if seed not in cache:
                     z = editing.class_observables(sur, train)
-                    cache[seed] = (z, editing.KeyStats.of(z.T))
-                z, stats = cache[seed]
+                    cache[seed] = (z, editing.KeyStats.of(z.T), sur.evaluate(test))
+                z, stats, before = cache[seed]
                 edit = editing.unlearn_class(
                     sur,
                     train,
@@ -63,7 +66,9 @@ def editing_block(
                     stats=stats,
                     max_target_accuracy=max_target_accuracy,
                 )
-                results.append(editing.evaluate_edit(sur, edit, test))
+                results.append(editing.evaluate_edit(sur, edit, test, before))
+                if edits is not None:
+                    edits[(c, seed)] = edit
                 bar.update(task, advance=1, info=f"class {c}, seed {seed}")
             rows.append(_edit_row(c, results))
     return {"method": method, "split": "test", "max_target_accuracy": max_target_accuracy, "per_class": rows}

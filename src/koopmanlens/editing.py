@@ -299,10 +299,11 @@ def _auto_lam(surrogate, train, forget, W, K_E, V_E, K_0, lambda_norm, max_acc, 
     return chosen, {"lam_auto": tried, "tuning_seconds": time.perf_counter() - t0}
 
 
-def evaluate_edit(surrogate: Surrogate, edit: Edit, test: Dataset) -> dict:
+def evaluate_edit(surrogate: Surrogate, edit: Edit, test: Dataset, before: dict | None = None) -> dict:
     """Per-class accuracy before and after on ``test``; the target class's accuracy; the macro
-    accuracy of the other classes."""
-    before = surrogate.evaluate(test)
+    accuracy of the other classes. ``before``: ``surrogate.evaluate(test)`` when already computed
+    (a run evaluates each seed's surrogate once for all its edits)."""
+    before = surrogate.evaluate(test) if before is None else before
     after = edit.apply(surrogate).evaluate(test)
     others = [c for c in range(test.n_classes) if c != edit.forget]
 

@@ -199,14 +199,14 @@ def reproduce(
             dataset, network, subject, subject_seed, train, val, test, kae, seeds, layer_i, layer_j, q,
             experiment, how,
         )  # fmt: skip
-        _analyses(
+        edits = _analyses(
             metrics, surrogate, kaes, train, val, test, kae, edit_classes, edit_max_target_accuracy,
             topology, edit_method, how,
         )  # fmt: skip
         metrics["timing_s"]["total"] = time.perf_counter() - t0
         _write_run(
             out, run_id, experiment, surrogate, pre, kaes, metrics, train, test, dataset, extra_info,
-            edit_classes, report, progress,
+            edit_classes, report, progress, edits,
         )  # fmt: skip
     return metrics
 
@@ -290,8 +290,10 @@ def _write_run(
     out: Path, run_id: str, experiment: dict, surrogate: Surrogate, pre: PairPreprocessor,
     kaes: dict[int, KoopmanAE], metrics: dict, train: Dataset, test: Dataset, dataset: str,
     extra_info: dict | None, edit_classes: Sequence[int], report: bool, progress: bool,
+    edits: dict[tuple[int, int], editing.Edit] | None = None,
 ) -> None:  # fmt: skip
-    """Write the run folder, with the subject back on the CPU: the views (with ``report``), the
+    """Write the run folder, with the subject back on the CPU: the views (with ``report``; their edit
+    is the editing stage's own of the first class by ``surrogate``'s seed, from ``edits``), the
     artifacts, metrics.json and the complete run.json; then the checkpoints go and, with ``report``,
     the figures and report.html are written."""
     network = surrogate.network
@@ -304,7 +306,10 @@ def _write_run(
     }
     network.cpu()
     if report:
-        write_views(out, network, surrogate, train, test, forget=edit_classes[0] if edit_classes else None)
+        seed = next((s for s, k in kaes.items() if k is surrogate.kae), min(kaes))
+        forget = edit_classes[0] if edit_classes else None
+        shown = (edits or {}).get((forget, seed)) if edit_classes else None
+        write_views(out, network, surrogate, train, test, forget=forget, edit=shown)
     write_run_files(out, network, pre, kaes, metrics, info, run_id, experiment)
     for scratch in ("checkpoints", "store"):  # store/: the default store of a [store] run
         shutil.rmtree(out / scratch, ignore_errors=True)
@@ -357,10 +362,11 @@ def _analyses(
     metrics: dict, surrogate: Surrogate, kaes: dict[int, KoopmanAE], train: Dataset, val: Dataset | None,
     test: Dataset, kae: KAEConfig, edit_classes: Sequence[int], edit_max_target_accuracy: float,
     topology: bool, edit_method: str, how: _Training,
-) -> None:  # fmt: skip
+) -> dict[tuple[int, int], editing.Edit]:  # fmt: skip
     """The editing, topology, baselines and editing-baselines blocks of ``metrics`` (in place), the
-    first two with their timings."""
+    first two with their timings; returns the editing stage's edits by (class, seed)."""
     network, progress = surrogate.network, how.progress
+    edits: dict[tuple[int, int], editing.Edit] = {}
     if edit_classes:
         t2 = time.perf_counter()
         metrics["editing"] = editing_block(
@@ -375,6 +381,7 @@ def _analyses(
             method=edit_method,
             progress=progress,
             max_target_accuracy=edit_max_target_accuracy,
+            edits=edits,
         )
         metrics["timing_s"]["editing"] = time.perf_counter() - t2
     if topology:
@@ -386,3 +393,4 @@ def _analyses(
         metrics["timing_s"]["topology"] = time.perf_counter() - t3
     add_baselines(metrics, surrogate, kaes, train, val, test, kae, how.device, progress)
     add_edit_baselines(metrics, surrogate, kaes, train, val, test, progress)
+    return edits

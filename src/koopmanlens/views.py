@@ -43,6 +43,8 @@ def write_views(
     train: Dataset,
     test: Dataset,
     forget: int | None = None,
+    edit: editing.Edit | None = None,
+    edit_settings: dict | None = None,
 ) -> None:
     """Compute :func:`compute_views` and save ``views.safetensors`` + ``views.json`` in ``run_dir``."""
     from koopmanlens.io import write_json, write_tensors
@@ -52,7 +54,9 @@ def write_views(
     except InputError as exc:
         bad = _nonfinite_kae_files(run_dir)
         raise InputError(f"{', '.join(map(str, bad)) if bad else run_dir}: {exc}") from exc
-    views, meta = compute_views(network, surrogate, train, test, forget=forget)
+    views, meta = compute_views(
+        network, surrogate, train, test, forget=forget, edit=edit, edit_settings=edit_settings
+    )
     write_tensors(run_dir / "views.safetensors", views)
     write_json(run_dir / "views.json", meta)
 
@@ -74,11 +78,16 @@ def compute_views(
     max_steps: int = 20,
     forget: int | None = None,
     seed: int = 0,
+    edit: editing.Edit | None = None,
+    edit_settings: dict | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Low-dimensional views for the figures and the report (saved as ``views.safetensors``):
     top-3 principal components, in one basis (the last layer's aligned test states), of every
     layer, of the decoded KAE steps, and of the observables before/after unlearning ``forget``;
-    eigenvalues of G and exp(G). :class:`InputError` first if the surrogate's operator is not finite."""
+    eigenvalues of G and exp(G). :class:`InputError` first if the surrogate's operator is not finite.
+    ``edit``: the run's own edit of ``surrogate`` (the one its table reports), shown as it is;
+    without it, ``forget`` is unlearned here with ``edit_settings`` (``method``,
+    ``max_target_accuracy``: the run's, when it has an ``editing`` block)."""
     surrogate.check_operator()
     g = torch.Generator().manual_seed(seed)
     sub = test.subset(torch.randperm(len(test), generator=g)[:n_points])
@@ -113,17 +122,23 @@ def compute_views(
         "n_points": len(sub),
         "class_names": list(test.class_names),
     }
-    if forget is not None:
-        edit = editing.unlearn_class(surrogate, train, forget)
-        z = editing.class_observables(surrogate, sub)
-        before = z @ surrogate.current_operator().double().T
-        after = z @ edit.operator_after.T
-        m0 = before.mean(0)
-        b2 = torch.linalg.svd(before - m0, full_matrices=False).Vh[:3].T
-        views["edit_before"] = (before - m0) @ b2
-        views["edit_after"] = (after - m0) @ b2
-        meta["edit"] = {"forget": forget, "into": edit.into, "method": edit.method}
+    if edit is None and forget is not None:
+        edit = editing.unlearn_class(surrogate, train, forget, **(edit_settings or {}))
+    if edit is not None:
+        views.update(_edit_views(surrogate, edit, sub))
+        meta["edit"] = {"forget": edit.forget, "into": edit.into, "method": edit.method}
     return {k_: v.contiguous() for k_, v in views.items()}, meta
+
+
+def _edit_views(surrogate: Surrogate, edit: editing.Edit, sub: Dataset) -> dict[str, torch.Tensor]:
+    """The observables of ``sub`` carried by the operator before and after ``edit`` (Fig. 4), in the
+    top-3 principal components of the "before" cloud."""
+    z = editing.class_observables(surrogate, sub)
+    before = z @ surrogate.current_operator().double().T
+    after = z @ edit.operator_after.to(z).T
+    m0 = before.mean(0)
+    b2 = torch.linalg.svd(before - m0, full_matrices=False).Vh[:3].T
+    return {"edit_before": (before - m0) @ b2, "edit_after": (after - m0) @ b2}
 
 
 def spectrum_block(run, train: Dataset, top: int = 5) -> dict:
