@@ -41,7 +41,6 @@ from koopmanlens.testbeds.modadd import (
     EQUALS_POSITION,
     ModAddTransformer,
     accuracy,
-    all_pairs,
     answer_logits,
     make_splits,
     train_modadd,
@@ -95,37 +94,13 @@ def linear_map(model, splits) -> tuple:
 
 
 def fourier_block(model, sur) -> dict:
-    keys = F.key_frequencies(model.embed.weight[:P].detach())
-    norms = F.frequency_norms(model.embed.weight[:P].detach())
-    x, _ = all_pairs(P)
-    x_i = capture_tokens(model, x, [LAYER_I], positions=[EQUALS_POSITION])[LAYER_I]
-    phi = sur.encode_i(x_i)
-    basis = F.fourier_basis(P, keys)
+    """The library's Fourier block (:func:`koopmanlens.testbeds.fourier.fourier_report`, which
+    ``koopmanlens run modadd`` writes too), with the key w_k and the number of oscillating modes."""
+    out = F.fourier_report(model, sur, P, LAYER_I, EQUALS_POSITION)
     vals, _ = generator_spectrum(sur.kae.generator)
-    dominant = np.argsort(-np.abs(np.exp(vals)), kind="stable")[:10]
-    angles = F.wrapped_angles(vals[dominant])
-    nearest, dist = F.nearest_key_distance(angles, P, keys)
-    return {
-        "key_frequencies": keys,
-        "key_w": [2 * math.pi * k / P for k in keys],
-        "key_norm_share": float(norms[[k - 1 for k in keys]].sum() / norms.sum()),
-        "variance_fraction_phi_x_i": F.variance_fraction(phi, basis),
-        "variance_fraction_K_phi_x_i": F.variance_fraction(phi @ sur.current_operator().T, basis),
-        "variance_fraction_x_i": F.variance_fraction(x_i, basis),
-        "variance_fraction_chance": basis.shape[1] / (P * P - 1),
-        "dominant_modes": [
-            {
-                "modulus": float(abs(np.exp(vals[i]))),
-                "angle": float(a),
-                "nearest_key": int(k),
-                "distance": float(d),
-            }
-            for i, a, k, d in zip(dominant, angles, nearest, dist, strict=True)
-        ],
-        "mean_distance_dominant": float(dist.mean()),
-        "mean_distance_chance": F.chance_distance(P, keys),
-        "n_oscillating_modes": int((np.abs(vals.imag) > 1e-6).sum()),
-    }
+    out["key_w"] = [2 * math.pi * k / P for k in out["key_frequencies"]]
+    out["n_oscillating_modes"] = int((np.abs(vals.imag) > 1e-6).sum())
+    return out
 
 
 def edit_block(model, sur, splits, forget: int) -> dict:

@@ -176,9 +176,6 @@ def write_html(
     info: dict | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` (atomically) and return its path. ``info`` is run.json."""
-    from plotly.offline import get_plotlyjs
-
-    from koopmanlens.io import atomic_write_bytes
 
     body = [
         f"<h1>koopmanlens run: {sections.esc(metrics['dataset'])}</h1>",
@@ -201,6 +198,16 @@ def write_html(
             f"<h3>{sections.esc(TITLES.get(key, key))}</h3>"
             f"<img alt='{sections.esc(key)}' src='data:image/png;base64,{data}'>"
         )
+    return write_page(run_dir, body)
+
+
+def write_page(run_dir: Path, body: list[str]) -> Path:
+    """Write ``run_dir/report.html`` (atomically): the page's CSS and plotly.js inlined around the
+    non-empty ``body`` sections, which are already escaped HTML."""
+    from plotly.offline import get_plotlyjs
+
+    from koopmanlens.io import atomic_write_bytes
+
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -209,7 +216,7 @@ def write_html(
         + "\n".join(b for b in body if b)
         + "</body></html>"
     )
-    out = run_dir / "report.html"
+    out = Path(run_dir) / "report.html"
     atomic_write_bytes(out, page.encode())
     return out
 

@@ -187,27 +187,13 @@ def lm_html(metrics: dict) -> str:
 
 def write_lm_report(run_dir: str | Path, metrics: dict, info: dict | None) -> Path:
     """Write ``run_dir/report.html`` (atomically) for a sequence-model run."""
-    from plotly.offline import get_plotlyjs
-
-    from koopmanlens.io import atomic_write_bytes
-    from koopmanlens.report.html import CSS
+    from koopmanlens.report.html import write_page
     from koopmanlens.report.sections import spec_html
 
-    run_dir = Path(run_dir)
     body = [
         f"<h1>koopmanlens run: {esc(metrics['dataset'])} (per token)</h1>",
         f"<p>Run folder <code>{esc(run_dir)}</code>. All numbers on held-out data.</p>",
         spec_html(info),
         lm_html(metrics),
     ]
-    page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        "<title>koopmanlens report</title>"
-        f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>"
-        + "\n".join(b for b in body if b)
-        + "</body></html>"
-    )
-    out = run_dir / "report.html"
-    atomic_write_bytes(out, page.encode())
-    return out
+    return write_page(Path(run_dir), body)
