@@ -17,7 +17,7 @@ from pathlib import Path
 
 import koopmanlens as kl
 from koopmanlens.pipeline import run_splits
-from koopmanlens.surrogate import fit_through_layers, layer_fidelity
+from koopmanlens.trajectories import fit_through_layers, layer_fidelity
 
 
 def compare(run_dir: Path, data_dir: Path | None) -> dict:

@@ -32,7 +32,16 @@ TUTORIALS = DOCS / "tutorials"
 
 #: One API page per entry: (page name, title, modules rendered on it by mkdocstrings).
 API_PAGES: list[tuple[str, str, list[str]]] = [
-    ("surrogate", "koopmanlens.surrogate", ["koopmanlens.surrogate", "koopmanlens.operators"]),
+    (
+        "surrogate",
+        "koopmanlens.surrogate",
+        [
+            "koopmanlens.surrogate",
+            "koopmanlens.operators",
+            "koopmanlens.states",
+            "koopmanlens.trajectories",
+        ],
+    ),
     ("capture", "koopmanlens.capture", ["koopmanlens.capture"]),
     ("preprocessing", "koopmanlens.preprocessing", ["koopmanlens.preprocessing"]),
     (
@@ -95,7 +104,7 @@ API_PAGES: list[tuple[str, str, list[str]]] = [
     ),
     ("subject", "koopmanlens.subject", ["koopmanlens.subject"]),
     ("metrics", "koopmanlens.metrics", ["koopmanlens.metrics"]),
-    ("errors", "koopmanlens.errors", ["koopmanlens.errors"]),
+    ("errors", "koopmanlens.errors", ["koopmanlens.errors", "koopmanlens.checks"]),
 ]
 
 

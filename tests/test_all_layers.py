@@ -7,7 +7,8 @@ import torch
 
 from koopmanlens.errors import InputError
 from koopmanlens.kae import train_kae
-from koopmanlens.surrogate import fit_through_layers, layer_fidelity, linear_cka, waypoint_steps
+from koopmanlens.metrics import linear_cka
+from koopmanlens.trajectories import fit_through_layers, layer_fidelity, waypoint_steps
 
 
 def test_waypoint_steps():

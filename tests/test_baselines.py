@@ -157,8 +157,10 @@ def test_bad_input_is_refused_clearly():
         B.ridge_path(x, x, [])
     with pytest.raises(InputError, match="non-finite"):
         B.ridge_fit(x, torch.full((10, 2), float("nan")))
-    with pytest.raises(InputError, match="non-empty matrix"):
+    with pytest.raises(InputError, match=r"inputs must be a matrix \(n, d\), got shape \(10,\)"):
         B.ridge_fit(torch.randn(10), x)
+    with pytest.raises(InputError, match=r"inputs must be a non-empty matrix \(n, d\), got shape \(0, 2\)"):
+        B.ridge_fit(torch.randn(0, 2), x)
     with pytest.raises(InputError, match="constant"):
         B.explained_variance(torch.ones(4, 2), torch.zeros(4, 2))
     with pytest.raises(InputError, match="differ in shape"):

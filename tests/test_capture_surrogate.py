@@ -136,8 +136,8 @@ def test_surrogate_exact_splice_on_any_module():
 
     sur = kl.Surrogate(net, "1", "2", pre, IdentityKAE(5, 1, 5, k=3))
     assert torch.allclose(sur.logits(x), predict_logits(net, x), atol=1e-5)
-    sur.operator = 2 * torch.eye(5)  # a different operator must change the output
-    assert not torch.allclose(sur.logits(x), predict_logits(net, x), atol=1e-3)
+    other = sur.with_operator(2 * torch.eye(5))  # a different operator must change the output
+    assert not torch.allclose(other.logits(x), predict_logits(net, x), atol=1e-3)
     assert _no_hooks(net)
 
 
@@ -203,7 +203,8 @@ def test_surrogate_splice_runs_on_the_network_device(tiny_surrogate, yy_small):
     assert cpu.preprocessor.rotation_.device.type == "cpu"
     assert torch.allclose(logits, cpu.logits(test.x), atol=1e-4)
     assert gpu.evaluate(test)["agreement"] == pytest.approx(cpu.evaluate(test)["agreement"], abs=0.01)
-    gpu.operator = cpu.operator = 0.5 * cpu.current_operator()
+    half = 0.5 * cpu.current_operator()
+    gpu, cpu = gpu.with_operator(half), cpu.with_operator(half)
     assert torch.allclose(gpu.logits(test.x), cpu.logits(test.x), atol=1e-4)
     x_i = gpu.representations(test.x[:20])[cpu.layer_i].cuda()
     assert gpu.predict_state(x_i).device.type == "cuda"

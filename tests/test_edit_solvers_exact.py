@@ -34,14 +34,14 @@ def _exact(msg: str) -> str:
 def test_each_argument_is_named_when_it_is_not_a_matrix(solve):
     W, K_E, V_E, K_0 = _problem()
     for args, msg in [
-        ((W[None], K_E, V_E), "W must be a matrix, got shape (1, 2, 3)"),
-        ((W, K_E[:, 0], V_E), "edit keys must be a matrix, got shape (3,)"),
-        ((W, K_E, V_E[0]), "values must be a matrix, got shape (2,)"),
-        ((W, K_E, V_E, K_0[0]), "preserved keys must be a matrix, got shape (4,)"),
+        ((W[None], K_E, V_E), "W must be a matrix (n, d), got shape (1, 2, 3)"),
+        ((W, K_E[:, 0], V_E), "edit keys must be a matrix (n, d), got shape (3,)"),
+        ((W, K_E, V_E[0]), "values must be a matrix (n, d), got shape (2,)"),
+        ((W, K_E, V_E, K_0[0]), "preserved keys must be a matrix (n, d), got shape (4,)"),
     ]:
         with pytest.raises(InputError, match=_exact(msg)):
             solve(*args)
-    with pytest.raises(InputError, match=_exact("preserved keys must be a matrix, got shape (4,)")):
+    with pytest.raises(InputError, match=_exact("preserved keys must be a matrix (n, d), got shape (4,)")):
         E.KeyStats.of(K_0[0])
 
 

@@ -100,6 +100,9 @@ class _FakeSurrogate:
         self.network, self.layer_i, self.layer_j = network, layer_i, layer_j
         self.preprocessor, self.kae, self.operator = preprocessor, kae, operator
 
+    def with_operator(self, operator: torch.Tensor) -> _FakeSurrogate:
+        return _FakeSurrogate(self.network, self.layer_i, self.layer_j, self.preprocessor, self.kae, operator)
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         lam = float(self.operator[0, 0])
         _FakeSurrogate.calls.append((lam, self.operator.dtype, x.clone()))
@@ -115,7 +118,6 @@ def _fake_memit(W, K_E, V_E, K_0, lam, lambda_norm):
 
 @pytest.fixture
 def fake_solver(monkeypatch):
-    monkeypatch.setattr(E, "Surrogate", _FakeSurrogate)
     monkeypatch.setattr(E, "memit", _fake_memit)
     _FakeSurrogate.calls, _fake_memit.seen = [], []
     return _FakeSurrogate

@@ -11,7 +11,7 @@ import torch
 from helpers import identity_kae
 from torch import nn
 
-from koopmanlens import pipeline
+from koopmanlens import fit_stage, pipeline
 from koopmanlens.data import Dataset
 from koopmanlens.metrics import classification_metrics
 
@@ -55,7 +55,7 @@ def test_fit_surrogates_reports_the_test_split(monkeypatch):
     net = _network()
     train, test = _splits(net)
     calls = []
-    monkeypatch.setattr(pipeline, "train_kae", _fake_train_kae(calls))
+    monkeypatch.setattr(fit_stage, "train_kae", _fake_train_kae(calls))
     pre, kaes, block, seconds = pipeline.fit_surrogates(
         net, train, test, "0", "1", "yinyang", [0, 2], progress=False
     )
@@ -94,7 +94,7 @@ def test_fit_surrogates_passes_the_validation_pair(monkeypatch, tmp_path):
     net = _network()
     train, test = _splits(net)
     calls = []
-    monkeypatch.setattr(pipeline, "train_kae", _fake_train_kae(calls))
+    monkeypatch.setattr(fit_stage, "train_kae", _fake_train_kae(calls))
     pre, *_ = pipeline.fit_surrogates(
         net,
         train,
@@ -130,7 +130,7 @@ def test_editing_block_edits_on_train_and_reports_test(monkeypatch):
     net = _network()
     train, test = _splits(net)
     calls = []
-    monkeypatch.setattr(pipeline, "train_kae", _fake_train_kae(calls))
+    monkeypatch.setattr(fit_stage, "train_kae", _fake_train_kae(calls))
     pre, kaes, _, _ = pipeline.fit_surrogates(net, train, test, "0", "1", "yinyang", [0, 2], progress=False)
     ops = {
         0: torch.eye(3, dtype=torch.float64),
@@ -140,9 +140,9 @@ def test_editing_block_edits_on_train_and_reports_test(monkeypatch):
     seen, n_obs = [], []
     real_obs = editing.class_observables
 
-    def count_obs(sur, data):
+    def count_obs(sur, data, states=None):
         n_obs.append(len(data))
-        return real_obs(sur, data)
+        return real_obs(sur, data, states)
 
     def fake_unlearn(sur, data, c, method, observables, stats, max_target_accuracy):
         seed = next(s for s, k in kaes.items() if k is sur.kae)

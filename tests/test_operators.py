@@ -182,14 +182,16 @@ def test_with_operator_does_not_change_the_original():
         sur.with_operator(torch.eye(2))
 
 
-def test_a_surrogate_refuses_changes_but_the_older_operator_setter_warns():
+def test_a_surrogate_refuses_changes_its_operator_too():
     sur, _, _ = _surrogate()
-    for name, value in [("kae", identity_kae(3)), ("layer_i", "1"), ("op", None), ("new", 1)]:
+    for name, value in [
+        ("kae", identity_kae(3)), ("layer_i", "1"), ("op", None), ("operator", 2 * torch.eye(3)), ("new", 1)
+    ]:  # fmt: skip
         with pytest.raises(AttributeError, match=f"a Surrogate is immutable \\(tried to set {name!r}\\)"):
             setattr(sur, name, value)
-    with pytest.warns(DeprecationWarning, match="use surrogate.with_operator"):
-        sur.operator = 2 * torch.eye(3)
-    assert torch.equal(sur.operator, 2 * torch.eye(3))
+    assert sur.operator is None and torch.equal(
+        sur.with_operator(2 * torch.eye(3)).operator, 2 * torch.eye(3)
+    )
 
 
 def test_with_operator_keeps_a_token_surrogates_fields():

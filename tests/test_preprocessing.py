@@ -250,7 +250,7 @@ def test_pair_q_config_state_and_messages():
     bad_i[0, 0] = float("inf")
     with pytest.raises(InputError, match="x_i"):
         PairPreprocessor().fit(bad_i, x_j)
-    with pytest.raises(InputError, match=r"x_j must have shape \(n_samples, n_features\)"):
+    with pytest.raises(InputError, match=r"x_j must be a matrix \(n, d\), got shape"):
         PairPreprocessor().fit(x_i, x_j[:, 0])
 
 

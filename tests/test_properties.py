@@ -103,3 +103,36 @@ def test_capture_bad_input():
         kl.capture.capture(net, torch.zeros(0, 2), ["input"])
     with pytest.raises(InputError):
         kl.capture.capture(net, torch.zeros(3, 2), [])
+
+
+def test_the_shared_input_checks_name_the_input_the_value_and_what_is_allowed():
+    """koopmanlens.checks: one message per kind of bad array, wherever it enters."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from koopmanlens.checks import as_matrix, check_pair
+    from koopmanlens.errors import InputError
+
+    with pytest.raises(InputError, match=r"^z must be a numeric array, got object"):
+        as_matrix(object(), "z")
+    with pytest.raises(InputError, match=r"^z has dtype torch.bool; expected a real number type$"):
+        as_matrix(torch.ones(2, 2, dtype=torch.bool), "z")
+    with pytest.raises(InputError, match=r"^z must be a matrix \(n, d\), got shape \(2, 3, 4\)$"):
+        as_matrix(torch.ones(2, 3, 4), "z")
+    assert as_matrix(torch.ones(2, 3, 4), "z", flatten=True).shape == (2, 12)
+    with pytest.raises(InputError, match=r"^z must be a non-empty matrix \(n, d\), got shape \(0, 3\)$"):
+        as_matrix(torch.ones(0, 3), "z")
+    assert as_matrix(torch.ones(0, 3), "z", allow_empty=True).shape == (0, 3)
+    with pytest.raises(InputError, match=r"^z needs at least 2 rows, got 1$"):
+        as_matrix(torch.ones(1, 3), "z", min_rows=2)
+    with pytest.raises(InputError, match=r"^z holds 2 non-finite values \(NaN or inf\)$"):
+        as_matrix(torch.tensor([[1.0, float("nan")], [float("inf"), 0.0]]), "z")
+    assert as_matrix(np.arange(4).reshape(2, 2), "z").dtype == torch.float64
+    assert as_matrix(torch.ones(2, 2, dtype=torch.float32), "z", dtype=None).dtype == torch.float32
+    with pytest.raises(InputError, match=r"^data: x_i has 3 rows but x_j has 2$"):
+        check_pair(torch.ones(3, 2), torch.ones(2, 2), "data")
+    with pytest.raises(InputError, match=r"^data: x_i and x_j have widths 2 and 3; preprocess them"):
+        check_pair(torch.ones(3, 2), torch.ones(3, 3), "data")
+    with pytest.raises(InputError, match=r"^data: x_j holds 1 non-finite values"):
+        check_pair(torch.ones(3, 2), torch.tensor([[1.0, 1.0], [1.0, float("inf")], [0.0, 0.0]]), "data")

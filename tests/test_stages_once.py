@@ -70,3 +70,64 @@ def test_a_runs_edit_view_is_its_tables_edit(quick_run):
     first = block["per_class"][0]
     shown = {"forget": first["forget"], "into": first["into_per_seed"][0], "method": block["method"]}
     assert views["edit"] == shown
+
+
+def test_span_states_capture_each_split_once(tiny_surrogate, yy_small):
+    from koopmanlens.capture import capture
+    from koopmanlens.states import SpanStates, states_of
+
+    train, val, _ = yy_small
+    sur = tiny_surrogate
+    states = SpanStates(sur.network, sur.layer_i, sur.layer_j)
+    first = states.of(train)
+    assert states.of(train) is first and states.captured() == 1
+    want = capture(sur.network, train.x, [sur.layer_i, sur.layer_j])
+    assert all(torch.equal(first[k], want[k]) for k in want)
+    states.of(val)
+    assert states.captured() == 2
+    # another span (or network) is captured afresh, not read from the states
+    other = states_of(states, sur.network, ["input", "blocks.0"], train)
+    assert states.captured() == 2 and torch.equal(
+        other["blocks.0"], capture(sur.network, train.x, ["blocks.0"])["blocks.0"]
+    )
+
+
+def test_a_run_captures_the_training_split_once_and_aligns_the_layers_once(
+    tiny_subject, yy_small, tmp_path, monkeypatch
+):
+    """The whole run (KAEs, edits, topology, baselines, editing baselines, views) reads one capture
+    of the span on the training split, and the topology block and the views share one alignment."""
+    import koopmanlens.report as report
+    from koopmanlens.kae import kae_config
+    from koopmanlens.states import LayerAlignment
+
+    train, val, test = yy_small
+    base = train.x if train.x._base is None else train.x._base
+    rows = []
+
+    def count_training_rows(module, args):
+        x = args[0]
+        if not module.training and (x is train.x or x._base is base):
+            rows.append(len(x))
+
+    handle = tiny_subject.register_forward_pre_hook(count_training_rows)
+    fits = []
+    real_fit = LayerAlignment.fit.__func__
+    monkeypatch.setattr(
+        LayerAlignment, "fit", classmethod(lambda cls, *a, **k: fits.append(1) or real_fit(cls, *a, **k))
+    )
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: None)
+    try:
+        pipeline.reproduce(
+            "yinyang", train, val, test, None, kae_config("yinyang", epochs=2), tmp_path / "run", seeds=2,
+            layer_j="blocks.2", network=tiny_subject, edit_classes=(0, 1), topology=True, report=True,
+            progress=False,
+        )  # fmt: skip
+    finally:
+        handle.remove()
+    # one capture of x_i, x_j for every stage, one pass for the subject's training accuracy, and the
+    # fine-tuning baseline's 2-row probe of which modules follow layer j (once per edited class);
+    # before, the edits, the baselines and AlphaEdit captured the split again: 8 passes for 2 seeds
+    assert sum(rows) == 2 * len(train) + 2 * 2
+    assert len(fits) == 1
+    assert (tmp_path / "run" / "views.safetensors").exists()

@@ -9,9 +9,10 @@ from helpers import identity_kae
 from test_evaluation import _network, _splits
 
 from koopmanlens.errors import InputError
-from koopmanlens.metrics import classification_metrics
+from koopmanlens.metrics import classification_metrics, linear_cka
 from koopmanlens.preprocessing import PairPreprocessor
-from koopmanlens.surrogate import Surrogate, linear_cka, waypoint_steps
+from koopmanlens.surrogate import Surrogate
+from koopmanlens.trajectories import waypoint_steps
 
 
 def _surrogate(k=4):
@@ -45,7 +46,7 @@ def test_exact_surrogate_splice_and_evaluate():
     assert torch.allclose(sur.encode_i(h0), sur.preprocessor.transform_i(h0).float(), atol=1e-6)
     # a non-trivial operator is applied in the column convention: z_next = K z
     K = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
-    sur.operator = K
+    sur = sur.with_operator(K)
     z = sur.preprocessor.transform_i(h0)
     want_state = sur.preprocessor.inverse_transform_j(z.double() @ K.double().T)
     assert torch.allclose(sur.predict_state(h0).double(), want_state, atol=1e-5)
@@ -67,7 +68,7 @@ def test_exact_surrogate_trajectories_use_fractional_steps():
         want = z.double() @ torch.linalg.matrix_exp(s * G / 4).T
         assert torch.allclose(obs[s].double(), want, atol=1e-5)
     # an edited operator: its steps are K^(s/4), here exp(s G / 4) again, not K itself
-    sur.operator = torch.linalg.matrix_exp(G).float()
+    own, sur = sur, sur.with_operator(torch.linalg.matrix_exp(G).float())
     edited = sur.observable_trajectory(test.x, steps=[1, 2.0])
     for i, s in enumerate((1, 2)):
         want = z.double() @ torch.linalg.matrix_exp(s * G / 4).T
@@ -76,10 +77,9 @@ def test_exact_surrogate_trajectories_use_fractional_steps():
     assert torch.allclose(states[0], edited[1], atol=1e-5)  # the identity decoder
     with pytest.raises(InputError, match=r"\[0, k\] = \[0, 4\]"):
         sur.observable_trajectory(test.x, steps=[5])
-    sur.operator = torch.full((3, 3), float("nan"))
     with pytest.raises(InputError, match="the KAE's operator holds 9 NaN or inf entries \\(of 9\\)"):
-        sur.current_operator()
-    sur.operator = None
+        sur.with_operator(torch.full((3, 3), float("nan"))).current_operator()
+    sur = own
     with torch.no_grad():
         sur.kae.generator[0, 0] = float("inf")
     with pytest.raises(InputError, match="the KAE's generator G holds 1 NaN or inf entries"):

@@ -218,7 +218,7 @@ def test_topology_messages():
         T.betti0(torch.zeros(2000, 2), 0.1, max_bytes=1000)  # 1000 bytes: 15^2 float32 entries
     with pytest.raises(InputError, match=r"2000 points need a 0\.0 GiB distance matrix"):
         T.betti0(torch.zeros(2000, 2), 0.1, max_bytes=1000)
-    with pytest.raises(InputError, match=r"must be a 2-D array \(n_points, n_dims\), got shape \(3,\)"):
+    with pytest.raises(InputError, match=r"points must be a matrix \(n, d\), got shape \(3,\)"):
         T.betti0(np.zeros(3), 0.1)
     with pytest.raises(InputError, match="give at least one eps"):
         T.betti_curve(LINE, [])

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from koopmanlens import baselines as B
-from koopmanlens.capture import capture
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.kae import KAEConfig, KoopmanAE
 from koopmanlens.preprocessing import PairPreprocessor
+from koopmanlens.states import SpanStates, states_of
 from koopmanlens.surrogate import Surrogate
 from koopmanlens.training import (
     check_finite_losses,
@@ -142,8 +142,9 @@ def split_for_validation(
     return (z_i[fit], z_j[fit]), (z_i[held], z_j[held])
 
 
-def _states(network: nn.Module, pre: PairPreprocessor, layers: tuple[str, str], data: Dataset):
-    reps = capture(network, data.x, list(layers))
+def _states(network: nn.Module, pre: PairPreprocessor, layers: tuple[str, str], data: Dataset,
+            states: SpanStates | None = None):  # fmt: skip
+    reps = states_of(states, network, layers, data)
     return pre.transform(reps[layers[0]].double(), reps[layers[1]].double())
 
 
@@ -252,19 +253,21 @@ def baselines_block(
     kae_seconds: list[float] | None = None,
     device: str | None = None,
     progress: bool = False,
+    states: SpanStates | None = None,
 ) -> dict:
     """The ``baselines`` key of metrics.json (docs/baselines.md) for the span of ``surrogate`` (its
-    network, layers and preprocessing), with the KAE row from ``kaes`` and ``kae_block``."""
+    network, layers and preprocessing), with the KAE row from ``kaes`` and ``kae_block``; the states
+    from ``states`` (the run's capture of the span) when given."""
     net, pre = surrogate.network, surrogate.preprocessor
     layers = (surrogate.layer_i, surrogate.layer_j)
-    z_train = _states(net, pre, layers, train)
+    z_train = _states(net, pre, layers, train, states)
     if val is None:
         fit, held = split_for_validation(*z_train)
         rule = f"a fixed {CARVED_VAL_FRACTION:.0%} of the training split (seed 0), not fitted on"
     else:
-        fit, held = z_train, _states(net, pre, layers, val)
+        fit, held = z_train, _states(net, pre, layers, val, states)
         rule = "the run's validation split"
-    z_test = _states(net, pre, layers, test)
+    z_test = _states(net, pre, layers, test, states)
 
     def spliced(fn: B.StateMap) -> B.SplicedMap:
         return B.SplicedMap(net, *layers, pre, fn)
@@ -290,12 +293,13 @@ def baselines_block(
 
 def add_baselines(metrics: dict, surrogate: Surrogate, kaes: dict[int, KoopmanAE], train: Dataset,
                   val: Dataset | None, test: Dataset, cfg: KAEConfig, device: str | None = None,
-                  progress: bool = False) -> None:  # fmt: skip
+                  progress: bool = False, states: SpanStates | None = None) -> None:  # fmt: skip
     """Put :func:`baselines_block` under ``metrics["baselines"]`` and its seconds under
     ``metrics["timing_s"]["baselines"]`` (in place): the one call the pipeline makes."""
     start = time.perf_counter()
     timing = metrics.setdefault("timing_s", {})
     metrics["baselines"] = baselines_block(
-        surrogate, kaes, metrics["kae"], train, val, test, cfg, timing.get("kae_per_seed"), device, progress
-    )
+        surrogate, kaes, metrics["kae"], train, val, test, cfg, timing.get("kae_per_seed"), device, progress,
+        states,
+    )  # fmt: skip
     timing["baselines"] = time.perf_counter() - start

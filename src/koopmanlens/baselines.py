@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from koopmanlens.capture import capture, check_finite, get_module, splice_hooks, spliced_logits
+from koopmanlens.checks import as_matrix
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.metrics import agreement, classification_metrics
@@ -36,17 +37,8 @@ RIDGE_GRID = (0.0, 1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 StateMap = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _matrix(x: torch.Tensor, what: str) -> torch.Tensor:
-    t = torch.as_tensor(x)
-    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
-        raise InputError(f"{what} must be a non-empty matrix (n, d), got shape {tuple(t.shape)}")
-    t = t.detach().to(torch.float64)
-    check_finite(t, what)
-    return t
-
-
 def _pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = _matrix(x, "inputs"), _matrix(y, "targets")
+    x, y = as_matrix(x, "inputs"), as_matrix(y, "targets")
     if x.shape[0] != y.shape[0]:
         raise InputError(f"inputs have {x.shape[0]} rows but targets {y.shape[0]}: they must be paired")
     return x, y
@@ -144,7 +136,7 @@ class ReluDictionary:
         return cls(a, torch.rand(features, generator=g, dtype=torch.float64) * 2 - 1)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        z = _matrix(z, "states")
+        z = as_matrix(z, "states")
         if z.shape[1] != self.a.shape[0]:
             raise InputError(f"states have {z.shape[1]} features, the dictionary takes {self.a.shape[0]}")
         return torch.cat([z, torch.relu(z @ self.a + self.c)], 1)
@@ -159,7 +151,7 @@ def straight_path(z_i: torch.Tensor, z_j: torch.Tensor, k: int) -> torch.Tensor:
     t = 0..k, shape (k + 1, n, d). The baseline for the KAE's intermediate steps (their beta_0 can be
     computed with :func:`koopmanlens.topology.betti0` or
     :func:`~koopmanlens.topology_stage.sequence_curves`)."""
-    z_i, z_j = _matrix(z_i, "z_i"), _matrix(z_j, "z_j")
+    z_i, z_j = as_matrix(z_i, "z_i"), as_matrix(z_j, "z_j")
     if z_i.shape != z_j.shape:
         raise InputError(f"z_i {tuple(z_i.shape)} and z_j {tuple(z_j.shape)} must have one shape")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -170,14 +162,14 @@ def straight_path(z_i: torch.Tensor, z_j: torch.Tensor, k: int) -> torch.Tensor:
 
 def identity_map(z_i: torch.Tensor) -> torch.Tensor:
     """The identity baseline: z_j predicted as z_i."""
-    return _matrix(z_i, "z_i")
+    return as_matrix(z_i, "z_i")
 
 
 def affine_map(w: torch.Tensor, b: torch.Tensor, features: Callable | None = None) -> StateMap:
     """z -> features(z) W + b (``features`` None: z itself); the linear and EDMD baselines."""
 
     def f(z: torch.Tensor) -> torch.Tensor:
-        z = _matrix(z, "z_i")
+        z = as_matrix(z, "z_i")
         return (z if features is None else features(z)) @ w + b
 
     return f

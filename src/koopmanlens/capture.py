@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from koopmanlens.checks import check_finite
 from koopmanlens.errors import InputError, LayerNotFoundError
 from koopmanlens.subject import predict_logits
 
@@ -40,13 +41,6 @@ def _as_tensor(output: object, name: str) -> torch.Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise InputError(f"module {name!r} returned {type(output).__name__}, not a tensor")
-
-
-def check_finite(x: torch.Tensor, what: str) -> None:
-    """Raise :class:`InputError` naming ``what`` when ``x`` holds NaN or inf."""
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise InputError(f"{what} holds {bad} non-finite values (NaN or inf)")
 
 
 @contextlib.contextmanager

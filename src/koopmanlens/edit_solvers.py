@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from koopmanlens.checks import as_matrix
 from koopmanlens.errors import IllConditionedWarning, InputError
 
 #: Condition number above which a solve's answer is not trusted: the edit warns
@@ -23,13 +24,9 @@ from koopmanlens.errors import IllConditionedWarning, InputError
 COND_WARN = 1e12
 
 
-def _f64(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
-    t = torch.as_tensor(x).detach().to(torch.float64)
-    if t.ndim != 2:
-        raise InputError(f"{what} must be a matrix, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise InputError(f"{what} holds NaN or inf")
-    return t
+def _matrix(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
+    """A finite float64 matrix (:func:`koopmanlens.checks.as_matrix`); key sets may be empty."""
+    return as_matrix(x, what, allow_empty=True)
 
 
 def _check_shapes(W: torch.Tensor, K_E: torch.Tensor, V_E: torch.Tensor) -> None:
@@ -99,7 +96,7 @@ class KeyStats:
     @classmethod
     def of(cls, keys: torch.Tensor) -> KeyStats:
         """Statistics of keys given as columns (d x N)."""
-        keys = _f64(keys, "preserved keys")
+        keys = _matrix(keys, "preserved keys")
         return cls(keys @ keys.T, int(keys.shape[1]))
 
 
@@ -167,7 +164,11 @@ def emmet(
         :data:`COND_WARN` issues an :class:`~koopmanlens.errors.IllConditionedWarning` and puts its
         text under ``diagnostics["warning"]``.
     """
-    W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
+    W, K_E, V_E = (
+        _matrix(W, "W"),
+        _matrix(K_E, "edit keys"),
+        _matrix(V_E, "values"),
+    )
     _check_shapes(W, K_E, V_E)
     K_0 = _stats(K_0, W.shape[1])
     lambdas = {"lambda_mom2": lambda_mom2, "lambda_norm": lambda_norm, "lambda_emmet": lambda_emmet}
@@ -202,7 +203,11 @@ def memit(
     C_0 = K_0 K_0^T / N + lambda_norm I. Well posed for any number of keys; larger ``lam`` preserves
     more and memorises less, and its scale does not depend on how many keys there are.
     """
-    W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
+    W, K_E, V_E = (
+        _matrix(W, "W"),
+        _matrix(K_E, "edit keys"),
+        _matrix(V_E, "values"),
+    )
     _check_shapes(W, K_E, V_E)
     K_0 = _stats(K_0, W.shape[1])
     _check_non_negative({"lam": lam, "lambda_norm": lambda_norm})
@@ -218,7 +223,7 @@ def memit(
 def reduce_keys(keys: torch.Tensor, n: int, method: str = "kmeans", seed: int = 0) -> torch.Tensor:
     """Reduce edit keys given as columns (d x B) to at most ``n`` columns: k-means centroids
     (SciPy's kmeans2, k-means++ start, seeded) or a seeded random sample."""
-    keys = _f64(keys, "edit keys")
+    keys = _matrix(keys, "edit keys")
     B = keys.shape[1]
     if n < 1:
         raise InputError("reduce to at least one key")
@@ -280,7 +285,11 @@ def alphaedit(
     room to edit. ``lam`` > 0 (the authors' L2 term; 1e-6 here is a tiny ridge
     that lets the edit fit the keys' null-space component).
     """
-    W, K_E, V_E = _f64(W, "W"), _f64(K_E, "edit keys"), _f64(V_E, "values")
+    W, K_E, V_E = (
+        _matrix(W, "W"),
+        _matrix(K_E, "edit keys"),
+        _matrix(V_E, "values"),
+    )
     _check_shapes(W, K_E, V_E)
     K_0 = _stats(K_0, W.shape[1])
     _check_non_negative({"lam": lam})

@@ -18,6 +18,7 @@ from koopmanlens.errors import InputError
 from koopmanlens.kae import KoopmanAE
 from koopmanlens.metrics import mean_sd
 from koopmanlens.preprocessing import PairPreprocessor
+from koopmanlens.states import SpanStates
 from koopmanlens.surrogate import Surrogate
 from koopmanlens.training import make_generator, progress_bar
 from koopmanlens.unlearning import finetune_unlearn, target_and_others
@@ -40,11 +41,13 @@ def editing_block(
     progress: bool = False,
     max_target_accuracy: float = 0.01,
     edits: dict[tuple[int, int], editing.Edit] | None = None,
+    states: SpanStates | None = None,
 ) -> dict:
     """Table 1's edit columns: for each class, unlearn it with every seed's KAE and evaluate on
     ``test``; means and sds over the seeds (the ``editing`` key of metrics.json). Each seed's
     surrogate is evaluated on ``test`` once, for all its edits; ``edits``, when given, receives every
-    :class:`~koopmanlens.editing.Edit` under ``(class, seed)`` (the views show the table's edit)."""
+    :class:`~koopmanlens.editing.Edit` under ``(class, seed)`` (the views show the table's edit);
+    ``states``: the run's capture of the span (every seed's keys come from it)."""
     rows = []
     cache: dict[int, tuple[torch.Tensor, editing.KeyStats, dict]] = {}
     with progress_bar(progress) as bar:
@@ -54,8 +57,7 @@ def editing_block(
             for seed, kae in sorted(kaes.items()):
                 sur = Surrogate(network, layer_i, layer_j, pre, kae)
                 if seed not in cache:
-                    z = editing.class_observables(sur, train)
-                    cache[seed] = (z, editing.KeyStats.of(z.T), sur.evaluate(test))
+                    cache[seed] = seed_inputs(sur, train, test, states)
                 z, stats, before = cache[seed]
                 edit = editing.unlearn_class(
                     sur,
@@ -98,14 +100,28 @@ def carve_validation(train: Dataset, fraction: float = CARVED_VAL_FRACTION, seed
     return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)
 
 
-def alphaedit_row(surrogates: list[Surrogate], train: Dataset, test: Dataset, forget: int, intos: list[int]):
+def alphaedit_row(surrogates: list[Surrogate], train: Dataset, test: Dataset, forget: int, intos: list[int],
+                  per_seed: list[tuple] | None = None):  # fmt: skip
     """AlphaEdit's null-space projected edit of every seed's operator, sending ``forget`` where the
-    run's own edit of that seed sent it; means and sds over the seeds, as :func:`_edit_row`."""
+    run's own edit of that seed sent it; means and sds over the seeds, as :func:`_edit_row`.
+    ``per_seed``: each surrogate's (training observables, their KeyStats, its test evaluation), if
+    already computed (:func:`seed_inputs`)."""
     results = []
-    for sur, into in zip(surrogates, intos, strict=True):
-        edit = editing.unlearn_class(sur, train, forget, into=into, method="alphaedit")
-        results.append(editing.evaluate_edit(sur, edit, test))
+    for n, (sur, into) in enumerate(zip(surrogates, intos, strict=True)):
+        z, stats, before = (None, None, None) if per_seed is None else per_seed[n]
+        edit = editing.unlearn_class(
+            sur, train, forget, into=into, method="alphaedit", observables=z, stats=stats
+        )
+        results.append(editing.evaluate_edit(sur, edit, test, before))
     return {"method": "alphaedit", **_edit_row(forget, results)}
+
+
+def seed_inputs(sur: Surrogate, train: Dataset, test: Dataset, states: SpanStates | None = None) -> tuple:
+    """What every edit of one seed's surrogate starts from: phi(x_i) of ``train`` (from the run's
+    capture ``states`` when given), their :class:`~koopmanlens.editing.KeyStats` and the surrogate's
+    evaluation on ``test`` (the edits' "before")."""
+    z = editing.class_observables(sur, train, states)
+    return z, editing.KeyStats.of(z.T), sur.evaluate(test)
 
 
 def finetune_row(network: nn.Module, layer_j: str, fit: Dataset, held: Dataset, test: Dataset,
@@ -142,9 +158,11 @@ def edit_baselines_block(
     test: Dataset,
     edit_block: dict,
     progress: bool = False,
+    states: SpanStates | None = None,
 ) -> dict:
     """The ``editing_baselines`` key of metrics.json (docs/baselines.md): for each class of the run's
-    ``editing`` block, its row, AlphaEdit's and fine-tuning's, on the same held-out test split."""
+    ``editing`` block, its row, AlphaEdit's and fine-tuning's, on the same held-out test split.
+    AlphaEdit's keys come from ``states`` (the run's capture of the span) when given."""
     net, layers, pre = surrogate.network, (surrogate.layer_i, surrogate.layer_j), surrogate.preprocessor
     if val is None:
         (fit, held), rule = (
@@ -155,6 +173,9 @@ def edit_baselines_block(
         (fit, held), rule = (train, val), "the run's validation split"
     mta = edit_block["max_target_accuracy"]
     surrogates = [Surrogate(net, *layers, pre, kae) for _, kae in sorted(kaes.items())]
+    per_seed = None
+    if edit_block["method"] != "alphaedit":
+        per_seed = [seed_inputs(sur, train, test, states) for sur in surrogates]
     rows = []
     with progress_bar(progress) as bar:
         task = bar.add_task("edit baselines", total=len(edit_block["per_class"]), info="")
@@ -162,7 +183,7 @@ def edit_baselines_block(
             c, intos = run_row["forget"], run_row["into_per_seed"]
             rows.append({"method": edit_block["method"], **run_row})
             if edit_block["method"] != "alphaedit":
-                rows.append(alphaedit_row(surrogates, train, test, c, intos))
+                rows.append(alphaedit_row(surrogates, train, test, c, intos, per_seed))
             rows.append(finetune_row(net, layers[1], fit, held, test, c, statistics.mode(intos), mta))
             bar.update(task, advance=1, info=f"class {c}")
     return {
@@ -177,13 +198,14 @@ def edit_baselines_block(
 
 
 def add_edit_baselines(metrics: dict, surrogate: Surrogate, kaes: dict[int, KoopmanAE], train: Dataset,
-                       val: Dataset | None, test: Dataset, progress: bool = False) -> None:  # fmt: skip
+                       val: Dataset | None, test: Dataset, progress: bool = False,
+                       states: SpanStates | None = None) -> None:  # fmt: skip
     """Put :func:`edit_baselines_block` under ``metrics["editing_baselines"]`` and its seconds under
     ``metrics["timing_s"]["editing_baselines"]`` (in place); nothing without an ``editing`` block."""
     if not metrics.get("editing"):
         return
     start = time.perf_counter()
     metrics["editing_baselines"] = edit_baselines_block(
-        surrogate, kaes, train, val, test, metrics["editing"], progress
+        surrogate, kaes, train, val, test, metrics["editing"], progress, states
     )
     metrics.setdefault("timing_s", {})["editing_baselines"] = time.perf_counter() - start

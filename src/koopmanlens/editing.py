@@ -42,6 +42,7 @@ from koopmanlens.edit_solvers import (
 )
 from koopmanlens.errors import IllConditionedWarning, InputError
 from koopmanlens.operators import MatrixOperator
+from koopmanlens.states import SpanStates, states_of
 from koopmanlens.surrogate import Surrogate
 
 __all__ = [
@@ -71,9 +72,11 @@ DEFAULT_METHOD = "memit"
 
 # ---------------------------------------------------------------------------- Algorithm 1
 @torch.no_grad()
-def class_observables(surrogate: Surrogate, data: Dataset) -> torch.Tensor:
-    """phi(x_i) of every sample of ``data`` (rows)."""
-    x_i = surrogate.representations(data.x)[surrogate.layer_i]
+def class_observables(surrogate: Surrogate, data: Dataset, states: SpanStates | None = None) -> torch.Tensor:
+    """phi(x_i) of every sample of ``data`` (rows); x_i from ``states`` (the run's one capture of the
+    span, :class:`~koopmanlens.states.SpanStates`) when given."""
+    layers = [surrogate.layer_i, surrogate.layer_j]
+    x_i = states_of(states, surrogate.network, layers, data)[surrogate.layer_i]
     return surrogate.encode_i(x_i).double()
 
 
@@ -282,15 +285,7 @@ def _auto_lam(surrogate, train, forget, W, K_E, V_E, K_0, lambda_norm, max_acc, 
         with warnings.catch_warnings():  # only the final solve's conditioning is reported
             warnings.simplefilter("ignore", IllConditionedWarning)
             W_new, _ = memit(W, K_E, V_E, K_0, lam=lam, lambda_norm=lambda_norm)
-        # a plain Surrogate of the candidate operator, built by name (tests stand a fake in for it)
-        sur = Surrogate(
-            surrogate.network,
-            surrogate.layer_i,
-            surrogate.layer_j,
-            surrogate.preprocessor,
-            surrogate.kae,
-            W_new.float(),
-        )
+        sur = surrogate.with_operator(W_new.float())
         acc = float((sur.predict(x) == forget).double().mean())
         tried.append({"lam": lam, "train_target_accuracy": acc})
         if acc <= max_acc:

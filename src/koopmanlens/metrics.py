@@ -41,3 +41,18 @@ def mean_sd(values: Sequence[float]) -> dict[str, float]:
     """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
     vals = [float(v) for v in values]
     return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
+
+def linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019) between two representations of the same rows:
+    ||B^T A||_F^2 / (||A^T A||_F ||B^T B||_F) on column-centred matrices; 1 = same up to rotation
+    and scale."""
+    a = torch.as_tensor(a).double()
+    b = torch.as_tensor(b).double()
+    if a.shape[0] != b.shape[0]:
+        raise InputError(f"CKA needs the same rows: {a.shape[0]} vs {b.shape[0]}")
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    num = torch.linalg.norm(b.T @ a) ** 2
+    den = torch.linalg.norm(a.T @ a) * torch.linalg.norm(b.T @ b)
+    return float(num / den) if den > 0 else 0.0

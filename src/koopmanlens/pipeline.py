@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from koopmanlens import editing
@@ -20,12 +19,12 @@ from koopmanlens import editing
 # importable from here as before (re-exported)
 from koopmanlens.ablation import ablate_isometry  # noqa: F401
 from koopmanlens.baseline_stage import add_baselines
-from koopmanlens.capture import capture
 from koopmanlens.data import Dataset
 from koopmanlens.edit_stage import add_edit_baselines, editing_block
 from koopmanlens.errors import InputError
-from koopmanlens.kae import KAEConfig, KoopmanAE, kae_config, train_kae
-from koopmanlens.metrics import mean_sd
+from koopmanlens.fit_stage import _kae_block, _seed_row, fit_surrogates  # noqa: F401  (re-exported)
+from koopmanlens.kae import KAEConfig, KoopmanAE
+from koopmanlens.metrics import mean_sd  # noqa: F401  (re-exported for the benchmarks)
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.presets import (  # noqa: F401
     MNIST_EDIT_MAX_TARGET_ACCURACY,
@@ -40,10 +39,11 @@ from koopmanlens.presets import (  # noqa: F401
 from koopmanlens.record import _environment, experiment_record
 from koopmanlens.rundir import open_new_run
 from koopmanlens.runs import write_run_files
+from koopmanlens.states import LayerAlignment, SpanStates
 from koopmanlens.subject import SubjectConfig, evaluate_classifier, train_resmlp
 from koopmanlens.surrogate import Surrogate
-from koopmanlens.topology_stage import topology_block
-from koopmanlens.training import progress_bar, resolve_device
+from koopmanlens.topology_stage import topology_alignment, topology_block
+from koopmanlens.training import resolve_device
 from koopmanlens.views import (  # noqa: F401
     compute_views,
     refresh_report,
@@ -54,99 +54,6 @@ from koopmanlens.views import (  # noqa: F401
 
 if TYPE_CHECKING:
     from koopmanlens.store_stage import StoreRun
-
-
-def fit_surrogates(
-    network: nn.Module,
-    train: Dataset,
-    test: Dataset,
-    layer_i: str,
-    layer_j: str,
-    kae: str | KAEConfig,
-    seeds: Sequence[int],
-    val: Dataset | None = None,
-    q: int | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 50,
-    resume: bool = False,
-) -> tuple[PairPreprocessor, dict[int, KoopmanAE], dict, list[float]]:
-    """Fit one preprocessing and one KAE per seed; evaluate each on ``test``.
-
-    With ``progress``, an overall bar over the seeds (count, elapsed, ETA) sits above each seed's
-    own training bar.
-
-    Returns:
-        (preprocessor, {seed: kae}, the ``kae`` block of metrics.json, seconds per seed).
-    """
-    cfg = kae_config(kae)
-    pre, (z_i, z_j), val_pair = _kae_pairs(network, train, val, layer_i, layer_j, q)
-    kaes: dict[int, KoopmanAE] = {}
-    per_seed, seconds = [], []
-    with progress_bar(progress) as bar:
-        task = bar.add_task("KAE seeds", total=len(seeds), info="")
-        for seed in seeds:
-            ck = None if checkpoint_dir is None else Path(checkpoint_dir) / f"kae-seed-{seed}"
-            model = train_kae(
-                z_i,
-                z_j,
-                cfg,
-                seed=seed,
-                val=val_pair,
-                device=device,
-                progress=progress,
-                checkpoint=ck,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-            )
-            kaes[seed] = model
-            ev = Surrogate(network, layer_i, layer_j, pre, model).evaluate(test)
-            seconds.append(model.train_seconds_)
-            per_seed.append(_seed_row(seed, model, ev))
-            bar.update(task, advance=1, info=f"seed {seed}: top-1 {100 * ev['top1']:.2f}")
-    return pre, kaes, _kae_block(seeds, per_seed), seconds
-
-
-def _kae_pairs(
-    network: nn.Module, train: Dataset, val: Dataset | None, layer_i: str, layer_j: str, q: int | None
-) -> tuple[PairPreprocessor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
-    """The preprocessing fitted on the training split's (x_i, x_j), and the preprocessed pairs the
-    KAEs learn from: the training split's, and the validation split's (``None`` without ``val``)."""
-    reps = capture(network, train.x, [layer_i, layer_j])
-    pre = PairPreprocessor(q).fit(reps[layer_i], reps[layer_j])
-    train_pair = pre.transform(reps[layer_i], reps[layer_j])
-    val_pair = None
-    if val is not None:
-        vreps = capture(network, val.x, [layer_i, layer_j])
-        val_pair = pre.transform(vreps[layer_i], vreps[layer_j])
-    return pre, train_pair, val_pair
-
-
-def _seed_row(seed: int, model: KoopmanAE, ev: dict) -> dict:
-    """One seed's row of the ``kae`` block: the test numbers of its spliced surrogate (``ev``) and
-    the KAE's training record (the last state loss of an epoch that was not rolled back)."""
-    return {
-        "seed": seed,
-        "test_top1": ev["top1"],
-        "test_macro": ev["macro"],
-        "agreement": ev["agreement"],
-        "test_per_class": ev["per_class"],
-        "best_epoch": model.best_epoch_,
-        "final_train_state_loss": next(r["state"] for r in reversed(model.history_) if not r.get("rollback")),
-        "rollbacks": model.rollbacks_,
-    }
-
-
-def _kae_block(seeds: Sequence[int], per_seed: list[dict]) -> dict:
-    """The ``kae`` block of metrics.json: the seeds' test numbers as mean and sd, and each seed's row."""
-    return {
-        "seeds": list(seeds),
-        "test_top1": mean_sd([r["test_top1"] for r in per_seed]),
-        "test_macro": mean_sd([r["test_macro"] for r in per_seed]),
-        "agreement": mean_sd([r["agreement"] for r in per_seed]),
-        "per_seed": per_seed,
-    }
 
 
 def reproduce(
@@ -195,18 +102,18 @@ def reproduce(
     with open_new_run(out, experiment, overwrite=overwrite, resume=resume) as (out, run_id):
         how = _Training(device, progress, out / "checkpoints", checkpoint_every, resume, store)
         t0 = time.perf_counter()
-        surrogate, pre, kaes, metrics = _fit_stage(
+        surrogate, pre, kaes, metrics, states = _fit_stage(
             dataset, network, subject, subject_seed, train, val, test, kae, seeds, layer_i, layer_j, q,
             experiment, how,
         )  # fmt: skip
-        edits = _analyses(
+        edits, alignment = _analyses(
             metrics, surrogate, kaes, train, val, test, kae, edit_classes, edit_max_target_accuracy,
-            topology, edit_method, how,
+            topology, edit_method, how, states,
         )  # fmt: skip
         metrics["timing_s"]["total"] = time.perf_counter() - t0
         _write_run(
             out, run_id, experiment, surrogate, pre, kaes, metrics, train, test, dataset, extra_info,
-            edit_classes, report, progress, edits,
+            edit_classes, report, progress, edits, alignment,
         )  # fmt: skip
     return metrics
 
@@ -249,13 +156,14 @@ def _fit_stage(
     dataset: str, network: nn.Module | None, subject: SubjectConfig | None, subject_seed: int,
     train: Dataset, val: Dataset | None, test: Dataset, kae: KAEConfig, seeds: int, layer_i: str,
     layer_j: str | None, q: int | None, experiment: dict, how: _Training,
-) -> tuple[Surrogate, PairPreprocessor, dict[int, KoopmanAE], dict]:  # fmt: skip
+) -> tuple[Surrogate, PairPreprocessor, dict[int, KoopmanAE], dict, SpanStates]:  # fmt: skip
     """Train the subject (or take ``network``), fit the KAEs of seeds 0..``seeds``-1 and evaluate
     both on the test split.
 
     Returns:
         (the surrogate of the first seed, whose ``network`` is the subject; the preprocessing;
-        {seed: kae}; the metrics so far: every block but the analyses, with their timings).
+        {seed: kae}; the metrics so far: every block but the analyses, with their timings; the
+        run's one capture of the span, which the analyses read again).
     """
     t0 = time.perf_counter()
     network = _subject_network(network, subject, train, subject_seed, how)
@@ -263,12 +171,13 @@ def _fit_stage(
     # run there; it returns to the CPU before the views and the artifacts are written
     t_subject = time.perf_counter() - t0
     layer_j = layer_j or _last_layer(network)
+    states = SpanStates(network, layer_i, layer_j)
     t1 = time.perf_counter()
     if how.store is None:
         pre, kaes, kae_block, kae_seconds = fit_surrogates(
             network, train, test, layer_i, layer_j, kae, range(seeds), val=val, q=q, device=how.device,
             progress=how.progress, checkpoint_dir=how.checkpoints, checkpoint_every=how.every,
-            resume=how.resume,
+            resume=how.resume, states=states,
         )  # fmt: skip
     else:  # from an activation store, with the other ranks under torchrun
         from koopmanlens.store_stage import fit_surrogates_from_store
@@ -283,14 +192,14 @@ def _fit_stage(
     if how.store is not None:
         metrics["environment"]["processes"] = how.store.ctx.world_size
     metrics["timing_s"] = {"subject": t_subject, "kae": t_kae, "kae_per_seed": kae_seconds}
-    return Surrogate(network, layer_i, layer_j, pre, kaes[min(kaes)]), pre, kaes, metrics
+    return Surrogate(network, layer_i, layer_j, pre, kaes[min(kaes)]), pre, kaes, metrics, states
 
 
 def _write_run(
     out: Path, run_id: str, experiment: dict, surrogate: Surrogate, pre: PairPreprocessor,
     kaes: dict[int, KoopmanAE], metrics: dict, train: Dataset, test: Dataset, dataset: str,
     extra_info: dict | None, edit_classes: Sequence[int], report: bool, progress: bool,
-    edits: dict[tuple[int, int], editing.Edit] | None = None,
+    edits: dict[tuple[int, int], editing.Edit] | None = None, alignment: LayerAlignment | None = None,
 ) -> None:  # fmt: skip
     """Write the run folder, with the subject back on the CPU: the views (with ``report``; their edit
     is the editing stage's own of the first class by ``surrogate``'s seed, from ``edits``), the
@@ -309,7 +218,7 @@ def _write_run(
         seed = next((s for s, k in kaes.items() if k is surrogate.kae), min(kaes))
         forget = edit_classes[0] if edit_classes else None
         shown = (edits or {}).get((forget, seed)) if edit_classes else None
-        write_views(out, network, surrogate, train, test, forget=forget, edit=shown)
+        write_views(out, network, surrogate, train, test, forget=forget, edit=shown, alignment=alignment)
     write_run_files(out, network, pre, kaes, metrics, info, run_id, experiment)
     for scratch in ("checkpoints", "store"):  # store/: the default store of a [store] run
         shutil.rmtree(out / scratch, ignore_errors=True)
@@ -361,10 +270,12 @@ def _base_metrics(
 def _analyses(
     metrics: dict, surrogate: Surrogate, kaes: dict[int, KoopmanAE], train: Dataset, val: Dataset | None,
     test: Dataset, kae: KAEConfig, edit_classes: Sequence[int], edit_max_target_accuracy: float,
-    topology: bool, edit_method: str, how: _Training,
-) -> dict[tuple[int, int], editing.Edit]:  # fmt: skip
+    topology: bool, edit_method: str, how: _Training, states: SpanStates | None = None,
+) -> tuple[dict[tuple[int, int], editing.Edit], LayerAlignment | None]:  # fmt: skip
     """The editing, topology, baselines and editing-baselines blocks of ``metrics`` (in place), the
-    first two with their timings; returns the editing stage's edits by (class, seed)."""
+    first two with their timings, all reading the run's one capture of the span (``states``).
+    Returns the editing stage's edits by (class, seed) and the topology stage's layer alignment
+    (``None`` without topology), which the views reuse."""
     network, progress = surrogate.network, how.progress
     edits: dict[tuple[int, int], editing.Edit] = {}
     if edit_classes:
@@ -382,15 +293,19 @@ def _analyses(
             progress=progress,
             max_target_accuracy=edit_max_target_accuracy,
             edits=edits,
+            states=states,
         )
         metrics["timing_s"]["editing"] = time.perf_counter() - t2
+    alignment = None
     if topology:
         t3 = time.perf_counter()
+        layers = representation_layers(network, surrogate)
+        alignment = topology_alignment(network, layers, train, surrogate)
         metrics["topology"] = topology_block(
-            network, representation_layers(network, surrogate), train, test, surrogate, progress=progress
+            network, layers, train, test, surrogate, progress=progress, alignment=alignment
         )
         metrics["topology"]["kae_seed"] = min(kaes)
         metrics["timing_s"]["topology"] = time.perf_counter() - t3
-    add_baselines(metrics, surrogate, kaes, train, val, test, kae, how.device, progress)
-    add_edit_baselines(metrics, surrogate, kaes, train, val, test, progress)
-    return edits
+    add_baselines(metrics, surrogate, kaes, train, val, test, kae, how.device, progress, states)
+    add_edit_baselines(metrics, surrogate, kaes, train, val, test, progress, states)
+    return edits, alignment

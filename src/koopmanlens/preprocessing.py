@@ -23,7 +23,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from koopmanlens.capture import check_finite
+from koopmanlens.checks import as_matrix
 from koopmanlens.errors import InputError
 from koopmanlens.moments import (
     PairMoments,
@@ -33,22 +33,6 @@ from koopmanlens.moments import (
     projected_cross,
     rms_scale_from_scatter,
 )
-
-
-def _as_2d_float64(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(x)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{what} must be a numeric array, got {type(x).__name__}: {exc}") from exc
-    if t.ndim < 2:
-        raise InputError(f"{what} must have shape (n_samples, n_features), got {tuple(t.shape)}")
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.uint8)):
-        raise InputError(f"{what} has dtype {t.dtype}; expected a real number type")
-    t = t.flatten(1).to(torch.float64)
-    if t.shape[0] == 0 or t.shape[1] == 0:
-        raise InputError(f"{what} is empty (shape {tuple(t.shape)})")
-    check_finite(t, what)
-    return t
 
 
 def svd_flip_v(v: torch.Tensor) -> torch.Tensor:
@@ -89,7 +73,7 @@ class LayerScaler:
         self.q = q
 
     def fit(self, x: torch.Tensor | np.ndarray) -> LayerScaler:
-        x = _as_2d_float64(x, "the representation")
+        x = as_matrix(x, "the representation", flatten=True)
         d = x.shape[1]
         q = d if self.q is None else int(self.q)
         if not 1 <= q <= d:
@@ -133,7 +117,7 @@ class LayerScaler:
         """((x - mean) V) / s, in the input's float dtype (float32 for integer input)."""
         t = torch.as_tensor(x)
         dtype = t.dtype if t.is_floating_point() else torch.float32
-        x64 = _as_2d_float64(t, "the representation")
+        x64 = as_matrix(t, "the representation", flatten=True)
         self._check(x64, None, "the representation")
         return (((x64 - self.mean_) @ self.components_) / self.scale_).to(dtype)
 
@@ -141,7 +125,7 @@ class LayerScaler:
         """z s V^T + mean: exact for q = full width, the best reconstruction from q axes otherwise."""
         t = torch.as_tensor(z)
         dtype = t.dtype if t.is_floating_point() else torch.float32
-        z64 = _as_2d_float64(t, "the preprocessed representation")
+        z64 = as_matrix(t, "the preprocessed representation", flatten=True)
         self._check(z64, self.components_.shape[1], "the preprocessed representation")
         return ((z64 * self.scale_) @ self.components_.T + self.mean_).to(dtype)
 
@@ -206,8 +190,8 @@ class PairPreprocessor:
     ) -> PairPreprocessor:
         """Fit both scalers and the rotation. ``scaler_j``: an already fitted scaler for layer j to
         reuse (e.g. another pair's), so that several layers are aligned into one common space."""
-        a = _as_2d_float64(x_i, "x_i")
-        b = _as_2d_float64(x_j, "x_j")
+        a = as_matrix(x_i, "x_i", flatten=True)
+        b = as_matrix(x_j, "x_j", flatten=True)
         if a.shape[0] != b.shape[0]:
             raise InputError(
                 f"x_i has {a.shape[0]} rows but x_j has {b.shape[0]}: they must be the "

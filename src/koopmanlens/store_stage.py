@@ -156,7 +156,7 @@ def fit_surrogates_from_store(
     capture, then the preprocessing and the KAEs with the other ranks, each KAE evaluated on ``test``
     as it comes. ``how``: the pipeline's training options. The ``kae`` block gets a ``store`` entry
     (parts, rows, shards, rows per shard, buffer rows)."""
-    from koopmanlens.pipeline import _kae_block, _seed_row
+    from koopmanlens.fit_stage import _kae_block, _seed_row
 
     _capture(network, train, val, (layer_i, layer_j), store, how)
     store.ctx.barrier()  # the store and the validation pairs are written: the other ranks go on

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -21,9 +20,14 @@ from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.kae import KAEConfig, KoopmanAE, train_kae
 from koopmanlens.kae.model import check_steps
-from koopmanlens.metrics import agreement, classification_metrics
+from koopmanlens.metrics import (
+    agreement,
+    classification_metrics,
+    linear_cka,  # noqa: F401  (re-exported)
+)
 from koopmanlens.operators import KoopmanOperator, as_operator
 from koopmanlens.preprocessing import PairPreprocessor
+from koopmanlens.states import aligned_layers  # noqa: F401  (re-exported)
 from koopmanlens.subject import predict_logits
 
 
@@ -78,7 +82,7 @@ class Surrogate:
         self._op = as_operator(operator, kae)  # set last: the surrogate is frozen from here on
 
     def __setattr__(self, name: str, value: object) -> None:
-        if "_op" in self.__dict__ and name != "operator":
+        if "_op" in self.__dict__:
             raise AttributeError(
                 f"a {type(self).__name__} is immutable (tried to set {name!r}): use with_operator(...) "
                 "for another operator"
@@ -101,18 +105,9 @@ class Surrogate:
 
     @property
     def operator(self) -> torch.Tensor | None:
-        """The older spelling of :attr:`op`: ``None`` while the KAE's own generator is in use, else
-        the operator's whole map (an edited matrix itself)."""
+        """The older spelling of :attr:`op`, read only: ``None`` while the KAE's own generator is in
+        use, else the operator's whole map (an edited matrix itself)."""
         return None if self._op.is_own(self.kae) else self._op.matrix
-
-    @operator.setter
-    def operator(self, value: KoopmanOperator | torch.Tensor | None) -> None:
-        warnings.warn(
-            "setting Surrogate.operator changes a surrogate in place; use surrogate.with_operator(...)",
-            DeprecationWarning,
-            stacklevel=3,  # the caller of ``surrogate.operator = ...`` (through __setattr__)
-        )
-        object.__setattr__(self, "_op", as_operator(value, self.kae))
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -267,110 +262,14 @@ class Surrogate:
         return torch.stack([self.kae.decode(o) for o in obs])
 
 
-def aligned_layers(
-    network: nn.Module,
-    layers: Sequence[str],
-    train: Dataset,
-    data: Dataset,
-    q: int | None = None,
-    max_fit_points: int = 10000,
-    seed: int = 0,
-    reference: PairPreprocessor | None = None,
-) -> dict[str, torch.Tensor]:
-    """Every layer's representation of ``data`` preprocessed and aligned to the last layer (METHOD
-    section 4), fitted on up to ``max_fit_points`` training samples. With ``reference`` (a
-    surrogate's preprocessor) the last layer is scaled by its ``scaler_j_``, so that every layer
-    lands exactly in the space where that KAE's decoded steps live."""
-    g = torch.Generator().manual_seed(seed)
-    fit_idx = torch.randperm(len(train), generator=g)[:max_fit_points]
-    tr = capture(network, train.x[fit_idx], list(layers))
-    te = capture(network, data.x, list(layers))
-    last = layers[-1]
-    out = {}
-    ref_scaler = None if reference is None else reference.scaler_j_
-    for name in layers:
-        pre = PairPreprocessor(q).fit(tr[name], tr[last], scaler_j=ref_scaler)
-        out[name] = pre.transform_i(te[name]) if name != last else pre.transform_j(te[name])
-    return out
+_MOVED = {"fit_through_layers", "layer_fidelity", "waypoint_steps"}
 
 
-def waypoint_steps(n_between: int, k: int) -> list[int]:
-    """Steps s_l = round(l k / L) for the ``n_between`` layers strictly between i and j, L = n + 1."""
-    L = n_between + 1
-    return [round(idx * k / L) for idx in range(1, L)]
+def __getattr__(name: str) -> object:
+    """The all-layer trajectories live in :mod:`koopmanlens.trajectories`; their old names here still
+    resolve."""
+    if name in _MOVED:
+        from koopmanlens import trajectories
 
-
-def linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Linear CKA (Kornblith et al. 2019) between two representations of the same rows:
-    ||B^T A||_F^2 / (||A^T A||_F ||B^T B||_F) on column-centred matrices; 1 = same up to rotation
-    and scale."""
-    a = torch.as_tensor(a).double()
-    b = torch.as_tensor(b).double()
-    if a.shape[0] != b.shape[0]:
-        raise InputError(f"CKA needs the same rows: {a.shape[0]} vs {b.shape[0]}")
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    num = torch.linalg.norm(b.T @ a) ** 2
-    den = torch.linalg.norm(a.T @ a) * torch.linalg.norm(b.T @ b)
-    return float(num / den) if den > 0 else 0.0
-
-
-def fit_through_layers(
-    network: nn.Module,
-    train: Dataset,
-    layers: Sequence[str],
-    preset: str | KAEConfig = "yinyang",
-    seed: int = 0,
-    q: int | None = None,
-    max_fit_points: int = 10000,
-    progress: bool = True,
-    **overrides: object,
-) -> Surrogate:
-    """A KAE from ``layers[0]`` to ``layers[-1]`` whose step s_l = round(l k / L) decodes to the
-    aligned representation of ``layers[l]`` (all-layer trajectories; paper section 5). The
-    surrogate gets ``waypoints_ = {"layers": [...], "steps": [...]}``."""
-    if len(layers) < 3:
-        raise InputError("name at least three layers: i, one or more in between, and j")
-    layer_i, layer_j, between = layers[0], layers[-1], list(layers[1:-1])
-    reps = capture(network, train.x, list(layers))
-    pre = PairPreprocessor(q).fit(reps[layer_i], reps[layer_j])
-    z_i, z_j = pre.transform(reps[layer_i], reps[layer_j])
-    targets = []
-    for name in between:
-        aligner = PairPreprocessor(q).fit(reps[name], reps[layer_j], scaler_j=pre.scaler_j_)
-        targets.append(aligner.transform_i(reps[name]))
-    from koopmanlens.kae import kae_config
-
-    cfg = kae_config(preset, **overrides)
-    steps = waypoint_steps(len(between), cfg.k)
-    kae = train_kae(
-        z_i, z_j, cfg, seed=seed, progress=progress, waypoints=(steps, torch.stack(targets).float())
-    )
-    return Surrogate(network, layer_i, layer_j, pre, kae, waypoints={"layers": between, "steps": steps})
-
-
-def layer_fidelity(
-    surrogate: Surrogate, train: Dataset, test: Dataset, layers: Sequence[str], seed: int = 0
-) -> list[dict]:
-    """For each layer strictly between i and j: linear CKA and relative Frobenius error between the
-    KAE's decoded state at step s_l = round(l k / L) and the layer's real representation of ``test``
-    (aligned to layer j, fitted on ``train``)."""
-    layers = list(layers)
-    between = layers[1:-1]
-    steps = waypoint_steps(len(between), surrogate.kae.k)
-    aligned = aligned_layers(
-        surrogate.network,
-        layers,
-        train,
-        test,
-        surrogate.preprocessor.q,
-        seed=seed,
-        reference=surrogate.preprocessor,
-    )
-    states = surrogate.trajectory(test.x, steps=[float(s) for s in steps])
-    out = []
-    for name, step, state in zip(between, steps, states, strict=True):
-        real = aligned[name].double()
-        rel = float(torch.linalg.norm(state.double() - real) / torch.linalg.norm(real))
-        out.append({"layer": name, "step": step, "cka": linear_cka(state, real), "relative_error": rel})
-    return out
+        return getattr(trajectories, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from koopmanlens.checks import as_matrix
 from koopmanlens.errors import InputError
 
 #: Largest distance matrix (bytes) built without being asked; see ``max_bytes`` arguments.
@@ -30,22 +31,6 @@ DEFAULT_MAX_BYTES = int(os.environ.get("KOOPMANLENS_TOPOLOGY_MAX_BYTES", 4 * 102
 #: Largest relative error of an MST edge length that the float32 distance matrix may cause before
 #: :func:`mst_edges` recomputes the tree on a float64 one.
 MST_RTOL = 1e-3
-
-
-def _points(points: torch.Tensor | np.ndarray, what: str = "points") -> torch.Tensor:
-    try:
-        t = torch.as_tensor(points)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{what} must be a numeric array, got {type(points).__name__}: {exc}") from exc
-    if t.ndim != 2:
-        raise InputError(f"{what} must be a 2-D array (n_points, n_dims), got shape {tuple(t.shape)}")
-    if t.shape[0] < 2:
-        raise InputError(f"{what} needs at least 2 points, got {t.shape[0]}")
-    if not t.is_floating_point():
-        t = t.double()
-    if not torch.isfinite(t).all():
-        raise InputError(f"{what} holds NaN or inf coordinates")
-    return t
 
 
 def _check_memory(n: int, bytes_per: int, max_bytes: int | None) -> None:
@@ -117,7 +102,7 @@ def mst_edges(
         (edges (n - 1, 2) int64, lengths (n - 1,) float64 sorted ascending). Lengths are exact
         float64 distances between the joined points.
     """
-    pts = _points(points)
+    pts = as_matrix(points, "points", dtype=None, min_rows=2)
     n = pts.shape[0]
     _check_memory(n, 4, max_bytes)
     # any common shift leaves distances alone, so the mean may be rounded to the points' dtype;
@@ -172,7 +157,7 @@ def persistence_diagrams(
     seeded subsample of at most ``max_points`` points. Bars alive at ``thresh`` have death inf."""
     from ripser import ripser
 
-    pts = _subsample(_points(points), max_points, seed)
+    pts = _subsample(as_matrix(points, "points", dtype=None, min_rows=2), max_points, seed)
     if maxdim < 0:
         raise InputError(f"maxdim must be >= 0, got {maxdim}")
     if maxdim >= pts.shape[0] - 1:
@@ -202,7 +187,7 @@ def betti_curve(
     beta_0 is exact on all points (MST); beta_d >= 1 come from ripser on a seeded subsample of at most
     ``max_points`` points (``None``: all points).
     """
-    pts = _points(points)
+    pts = as_matrix(points, "points", dtype=None, min_rows=2)
     grid = _check_eps(eps_grid)
     if maxdim < 0:
         raise InputError(f"maxdim must be >= 0, got {maxdim}")
@@ -238,7 +223,7 @@ def betti_numbers(
 def betti0(points: torch.Tensor | np.ndarray, eps: float, max_bytes: int | None = None) -> int:
     """beta_0 at one eps, exactly, on all points (MST only, no homology library)."""
     eps_arr = _check_eps(eps)
-    pts = _points(points)
+    pts = as_matrix(points, "points", dtype=None, min_rows=2)
     _, lengths = mst_edges(pts, max_bytes)
     return int(betti0_from_mst(lengths, pts.shape[0], eps_arr)[0])
 
@@ -272,7 +257,7 @@ def suggest_eps_grid(
     subsample of ``max_points``), so that loops, which close later than components merge, are seen."""
     if n < 2:
         raise InputError("an eps grid needs at least 2 points")
-    pts = _points(points)
+    pts = as_matrix(points, "points", dtype=None, min_rows=2)
     _, lengths = mst_edges(pts, max_bytes)
     sub = _subsample(pts, max_points, seed).double()
     d = torch.pdist(sub).numpy()

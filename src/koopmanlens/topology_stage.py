@@ -21,7 +21,8 @@ from koopmanlens import topology
 from koopmanlens.capture import capture
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
-from koopmanlens.surrogate import Surrogate, aligned_layers
+from koopmanlens.states import LayerAlignment
+from koopmanlens.surrogate import Surrogate
 from koopmanlens.training import progress_bar
 
 GRID_RULE = (
@@ -160,6 +161,21 @@ def sequence_curves(
     }
 
 
+def topology_alignment(
+    network: nn.Module,
+    layers: Sequence[str],
+    train: Dataset,
+    surrogate: Surrogate,
+    max_fit_points: int = 10000,
+    seed: int = 0,
+) -> LayerAlignment:
+    """The layers' alignment the topology block and the report's views share: every layer into the
+    last layer's space at the surrogate's q, the last scaled as the surrogate's x_j (METHOD section 4),
+    fitted on up to ``max_fit_points`` seeded training samples."""
+    pre = surrogate.preprocessor
+    return LayerAlignment.fit(network, layers, train, pre.q, max_fit_points, seed, reference=pre)
+
+
 def topology_block(
     network: nn.Module,
     layers: Sequence[str],
@@ -175,6 +191,7 @@ def topology_block(
     grid_points: int = 65,
     maxdim: int = 1,
     beta1_points: int = 500,
+    alignment: LayerAlignment | None = None,
 ) -> dict:
     """The ``topology`` block of metrics.json (schema in docs/topology.md).
 
@@ -184,15 +201,15 @@ def topology_block(
     (at most ``max_steps`` + 1 of s = 0..k). Primary: Betti curves over the pooled grid
     (:data:`GRID_RULE`), the step x layer curve distances and :func:`tracking_summary`. Secondary:
     beta_0 at one eps (:data:`EPS_RULE`, or a given ``eps`` > 0, recorded as "given by the user").
+    ``alignment``: the layers' alignment, if fitted already (:func:`topology_alignment`).
     """
     if eps is not None:
         check_given_eps(eps)
     g = torch.Generator().manual_seed(seed)
     sub = test.subset(torch.randperm(len(test), generator=g)[:max_points])
-    q = surrogate.preprocessor.q
-    aligned = aligned_layers(
-        network, layers, train, sub, q, max_fit_points, seed, reference=surrogate.preprocessor
-    )
+    if alignment is None:
+        alignment = topology_alignment(network, layers, train, surrogate, max_fit_points, seed)
+    aligned = alignment.transform(network, sub)
     own = capture(network, sub.x, [surrogate.layer_i, surrogate.layer_j])
     aligned[surrogate.layer_i] = surrogate.preprocessor.transform_i(own[surrogate.layer_i])
     aligned[surrogate.layer_j] = surrogate.preprocessor.transform_j(own[surrogate.layer_j])

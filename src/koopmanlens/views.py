@@ -15,7 +15,8 @@ from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.metrics import mean_sd
 from koopmanlens.operators import GeneratorOperator
-from koopmanlens.surrogate import Surrogate, aligned_layers
+from koopmanlens.states import LayerAlignment
+from koopmanlens.surrogate import Surrogate
 
 
 def representation_layers(network: nn.Module, surrogate: Surrogate) -> list[str]:
@@ -45,6 +46,7 @@ def write_views(
     forget: int | None = None,
     edit: editing.Edit | None = None,
     edit_settings: dict | None = None,
+    alignment: LayerAlignment | None = None,
 ) -> None:
     """Compute :func:`compute_views` and save ``views.safetensors`` + ``views.json`` in ``run_dir``."""
     from koopmanlens.io import write_json, write_tensors
@@ -55,8 +57,9 @@ def write_views(
         bad = _nonfinite_kae_files(run_dir)
         raise InputError(f"{', '.join(map(str, bad)) if bad else run_dir}: {exc}") from exc
     views, meta = compute_views(
-        network, surrogate, train, test, forget=forget, edit=edit, edit_settings=edit_settings
-    )
+        network, surrogate, train, test, forget=forget, edit=edit, edit_settings=edit_settings,
+        alignment=alignment,
+    )  # fmt: skip
     write_tensors(run_dir / "views.safetensors", views)
     write_json(run_dir / "views.json", meta)
 
@@ -67,6 +70,17 @@ def _nonfinite_kae_files(run_dir: Path) -> list[Path]:
 
     files = sorted((Path(run_dir) / "kae").glob("seed-*.safetensors"))
     return [f for f in files if not all(torch.isfinite(t).all() for t in read_tensors(f).values())]
+
+
+def _alignment(network: nn.Module, surrogate: Surrogate, train: Dataset, layers: list[str], seed: int,
+               alignment: LayerAlignment | None) -> LayerAlignment:  # fmt: skip
+    """The given alignment (checked to cover ``layers``), or one fitted here as the topology stage does."""
+    if alignment is not None and alignment.layers != tuple(layers):
+        raise InputError(f"the alignment covers layers {list(alignment.layers)}, the views need {layers}")
+    if alignment is not None:
+        return alignment
+    pre = surrogate.preprocessor
+    return LayerAlignment.fit(network, layers, train, pre.q, seed=seed, reference=pre)
 
 
 def compute_views(
@@ -80,6 +94,7 @@ def compute_views(
     seed: int = 0,
     edit: editing.Edit | None = None,
     edit_settings: dict | None = None,
+    alignment: LayerAlignment | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Low-dimensional views for the figures and the report (saved as ``views.safetensors``):
     top-3 principal components, in one basis (the last layer's aligned test states), of every
@@ -87,14 +102,14 @@ def compute_views(
     eigenvalues of G and exp(G). :class:`InputError` first if the surrogate's operator is not finite.
     ``edit``: the run's own edit of ``surrogate`` (the one its table reports), shown as it is;
     without it, ``forget`` is unlearned here with ``edit_settings`` (``method``,
-    ``max_target_accuracy``: the run's, when it has an ``editing`` block)."""
+    ``max_target_accuracy``: the run's, when it has an ``editing`` block). ``alignment``: the
+    layers' alignment if already fitted (the topology stage's,
+    :func:`~koopmanlens.topology_stage.topology_alignment`; fitted here with ``seed`` otherwise)."""
     surrogate.check_operator()
     g = torch.Generator().manual_seed(seed)
     sub = test.subset(torch.randperm(len(test), generator=g)[:n_points])
     layers = representation_layers(network, surrogate)
-    aligned = aligned_layers(
-        network, layers, train, sub, surrogate.preprocessor.q, seed=seed, reference=surrogate.preprocessor
-    )
+    aligned = _alignment(network, surrogate, train, layers, seed, alignment).transform(network, sub)
     k = surrogate.kae.k
     steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
     states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps]).double()

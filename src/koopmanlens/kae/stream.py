@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from koopmanlens.checks import check_pair
 from koopmanlens.distributed import DistContext, reduce_key_stats, training_hooks
 from koopmanlens.edit_solvers import KeyStats
 from koopmanlens.errors import InputError
 from koopmanlens.io import tensor_digest
 from koopmanlens.kae.epoch import KAETraining
 from koopmanlens.kae.model import KoopmanAE
-from koopmanlens.kae.trainer import KAEConfig, _check_pair, kae_checkpoint, kae_config
+from koopmanlens.kae.trainer import KAEConfig, kae_checkpoint, kae_config
 from koopmanlens.loop import Callback, EpochFn, Loop
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.store import ActivationStore
@@ -54,7 +55,7 @@ def _check_fit(store: ActivationStore, pre: PairPreprocessor, val) -> None:
     if store.n_rows < 2:
         raise InputError("need at least 2 training pairs")
     if val is not None:
-        _check_pair(val[0], val[1], "validation data")
+        check_pair(val[0], val[1], "validation data")
 
 
 @dataclass(frozen=True)

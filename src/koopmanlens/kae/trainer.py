@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from koopmanlens.callbacks import Checkpoint
+from koopmanlens.checks import check_pair
 from koopmanlens.errors import InputError
 from koopmanlens.io import tensor_digest
 from koopmanlens.kae.epoch import (
@@ -159,20 +160,6 @@ def kae_config(preset: str | KAEConfig, **overrides: object) -> KAEConfig:
     return dataclasses.replace(base, **overrides)
 
 
-def _check_pair(z_i: torch.Tensor, z_j: torch.Tensor, what: str) -> None:
-    if z_i.ndim != 2 or z_j.ndim != 2:
-        raise InputError(f"{what}: x_i and x_j must be 2-D (n, features)")
-    if z_i.shape[0] != z_j.shape[0]:
-        raise InputError(f"{what}: x_i has {z_i.shape[0]} rows but x_j has {z_j.shape[0]}")
-    if z_i.shape[1] != z_j.shape[1]:
-        raise InputError(
-            f"{what}: x_i and x_j have widths {z_i.shape[1]} and {z_j.shape[1]}; preprocess them "
-            "into a common space first (PairPreprocessor)"
-        )
-    if not (torch.isfinite(z_i).all() and torch.isfinite(z_j).all()):
-        raise InputError(f"{what}: x_i or x_j holds NaN or inf")
-
-
 def train_kae(
     x_i: torch.Tensor,
     x_j: torch.Tensor,
@@ -241,11 +228,11 @@ def _training_pairs(
     """The training pairs as float tensors, checked (2-D, same rows and width, finite, at least two),
     with the validation pairs checked too."""
     x_i, x_j = torch.as_tensor(x_i).float(), torch.as_tensor(x_j).float()
-    _check_pair(x_i, x_j, "training data")
+    check_pair(x_i, x_j, "training data")
     if len(x_i) < 2:
         raise InputError("need at least 2 training pairs")
     if val is not None:
-        _check_pair(val[0], val[1], "validation data")
+        check_pair(val[0], val[1], "validation data")
     return x_i, x_j
 
 
