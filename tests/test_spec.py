@@ -25,8 +25,8 @@ runner = CliRunner()
 
 def test_builtin_specs_are_the_documented_ones():
     assert builtin_specs() == [
-        "chargpt", "chargpt-quick", "mnist", "mnist-fast", "modadd", "modadd-quick", "yinyang",
-        "yinyang-paper", "yinyang-quick",
+        "chargpt", "chargpt-quick", "mnist", "mnist-fast", "mnist-lean", "modadd", "modadd-quick",
+        "yinyang", "yinyang-paper", "yinyang-quick",
     ]  # fmt: skip
 
 
@@ -55,6 +55,14 @@ def test_builtin_specs_hold_the_presets_reproduce_used():
             subject_config("mnist", epochs=6, batch_size=256),
             kae_config("mnist", hidden=256, observables=160, epochs=50, weights=(1.0, 1.0, 10.0, 1e-3)),
             128,
+        ),
+        # chosen on validation by benchmarks/choose_mnist_lean.py
+        "mnist-lean": (
+            subject_config(
+                "mnist", norm="none", schedule="onecycle", warmup_frac=0.3, epochs=10, batch_size=256
+            ),
+            kae_config("mnist", hidden=384, observables=240, epochs=50, weights=(1.0, 1.0, 10.0, 1e-3)),
+            192,
         ),
     }
     for name, (subject, kae, q) in expect.items():

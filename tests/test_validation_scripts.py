@@ -149,6 +149,9 @@ def test_defaults_are_the_ones_chosen_on_validation():
     import json
 
     from koopmanlens import editing, pipeline
+    from koopmanlens.experiment import kae_spec_config, subject_spec_config
+    from koopmanlens.kae import KAEConfig
+    from koopmanlens.spec import load_spec
     from koopmanlens.subject import SubjectConfig, subject_config
 
     results = BENCH / "results"
@@ -162,5 +165,45 @@ def test_defaults_are_the_ones_chosen_on_validation():
     assert method["chosen"] == editing.DEFAULT_METHOD
     subj = json.loads((results / "choose-yinyang-subject.json").read_text())
     assert subject_config("yinyang") == SubjectConfig.from_dict(subj["chosen_config"])
-    for r in (yy, mn, subj):
+    lean = json.loads((results / "choose-mnist-lean.json").read_text())
+    spec = load_spec("mnist-lean")[0]
+    kae = lean["kaes"][lean["chosen_kae"]]
+    assert subject_spec_config(spec) == SubjectConfig.from_dict(
+        lean["subjects"][lean["chosen_subject"]]["config"]
+    )
+    assert (kae_spec_config(spec), spec.preprocessing.q) == (KAEConfig.from_dict(kae["config"]), kae["q"])
+    for r in (yy, mn, subj, lean):
         assert r["test_split"].startswith("sealed")
+
+
+def test_choose_mnist_lean_reads_train_and_validation_only(bench, splits_read, mnist_dir, tmp_path):
+    mod = bench("choose_mnist_lean")
+    names = (["bn-tri-e6", "nobn-oc-lr0.05-e10"], ["q128-h256-p160-e50"])
+    r = mod.run(mnist_dir, tmp_path, subset=600, epochs=1, names=names)
+    assert splits_read == [("MNIST", "train-full")]  # carved into train and validation, no test
+    assert r["splits"] == {"train": 600, "validation": 100}
+    assert list(r["subjects"]) == names[0] and r["chosen_subject"] in names[0]
+    assert list(r["kaes"]) == names[1] and r["chosen_kae"] == "q128-h256-p160-e50"
+    assert all(row["cpu_s"] > 0 and len(row["load_before"]) == 3 for row in r["subjects"].values())
+
+
+def test_choose_mnist_lean_rule(bench):
+    mod = bench("choose_mnist_lean")
+    subject = {"projected_idle_s": 100.0}
+
+    def cand(top1, seconds):
+        return {"val_top1": top1, "projected_idle_s": seconds}
+
+    rows = {"a": cand(0.989, 700), "b": cand(0.988, 300), "c": cand(0.991, 900)}
+    assert mod.choose_kae(rows, subject) == ("b", True)  # the cheapest at the bar; c is over 900 s
+    rows = {"a": cand(0.985, 700), "b": cand(0.980, 300), "c": cand(0.987, 900)}
+    assert mod.choose_kae(rows, subject) == ("a", False)  # none at the bar: the best within 900 s
+    assert (
+        mod.choose_subject(
+            {
+                "x": {"val_top1": 0.98, "config": {"epochs": 10}},
+                "y": {"val_top1": 0.98, "config": {"epochs": 6}},
+            }
+        )
+        == "y"
+    )

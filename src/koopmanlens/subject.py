@@ -153,13 +153,27 @@ SUBJECT_PRESETS: dict[str, SubjectConfig] = {
     "mnist": SubjectConfig(
         in_dim=784, width=784, blocks=4, classes=10, epochs=30, batch_size=128, threads=None
     ),
+    # chosen on validation by benchmarks/choose_mnist_lean.py (the ``mnist-lean`` spec): the paper's
+    # sizes without BatchNorm, SGD with the one-cycle LR peaking at 0.1, 10 epochs at batch 256
+    "mnist-lean": SubjectConfig(
+        in_dim=784,
+        width=784,
+        blocks=4,
+        classes=10,
+        epochs=10,
+        batch_size=256,
+        warmup_frac=0.3,
+        threads=None,
+        norm="none",
+        schedule="onecycle",
+    ),
 }
 """The subject network presets by name (``network.preset`` in a spec file; :func:`subject_config`)."""
 
 
 def subject_config(preset: str | SubjectConfig, **overrides: object) -> SubjectConfig:
-    """A preset by name (``"yinyang"``, ``"yinyang-paper"``, ``"mnist"``) or a config, with fields
-    overridden."""
+    """A preset by name (``"yinyang"``, ``"yinyang-paper"``, ``"mnist"``, ``"mnist-lean"``) or a config,
+    with fields overridden."""
     if isinstance(preset, SubjectConfig):
         base = preset
     elif preset in SUBJECT_PRESETS:
