@@ -25,7 +25,9 @@ How close to the machine's limit (``machine_limit`` in the JSON): the FLOPs of o
 on one real step (products only, 2 m n k each), split into encoder/decoder, the exponential (forward
 and backward) and the rest, beside a hand count; this machine's matmul peak (square ``torch.matmul``,
 float32 and bfloat16, 2 threads and 1) measured in the same run; and the achieved GFLOP/s (FLOPs /
-median step time) as fractions of those peaks. ``os.getloadavg()`` is recorded with every timing.
+median step time) as fractions of those peaks. ``os.getloadavg()`` and the process's CPU seconds
+(``cpu_s``: about threads x wall when nothing else competes for the cores) are recorded with every
+timing.
 
 ``--run`` then runs
 ``reproduce mnist`` with that preset and one seed and records stage timings, optimiser steps per
@@ -106,18 +108,20 @@ def time_steps(variant: str, threads: int, steps: int, alpha: float) -> dict:
     old_theta = TAYLOR_THETA[torch.float32]
     if variant == "once_taylor_theta1":
         TAYLOR_THETA[torch.float32] = 1.0
-    times = []
+    times, cpu = [], []
     for i in range(steps + 1):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         one_step(model, opt, cfg, fn, x_i, x_j)
         if i:
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
     TAYLOR_THETA[torch.float32] = old_theta
     return {
         "variant": variant,
         "threads": threads,
         "median_s": statistics.median(times),
         "all_s": times,
+        "cpu_s": cpu,
         "loadavg_before_after": [load_before, os.getloadavg()],
     }
 
@@ -223,12 +227,13 @@ def matmul_peak(dtype: torch.dtype, threads: int, reps: int = 5) -> dict:
     for n in PEAK_SIZES:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         load_before = os.getloadavg()
-        times = []
+        times, cpu = [], []
         for i in range(reps + 1):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             torch.matmul(a, b)
             if i:
                 times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
         med = statistics.median(times)
         rows.append(
             {
@@ -236,6 +241,7 @@ def matmul_peak(dtype: torch.dtype, threads: int, reps: int = 5) -> dict:
                 "median_s": med,
                 "gflops": 2 * n**3 / med / 1e9,
                 "all_s": times,
+                "cpu_s": cpu,
                 "loadavg_before_after": [load_before, os.getloadavg()],
             }
         )
