@@ -164,13 +164,14 @@ def _plant(obj, skip=("format",)):
     return obj
 
 
-@pytest.fixture
-def planted_run(report_run, tmp_path):
+@pytest.fixture(scope="module")
+def planted_run(report_run, tmp_path_factory):
     """A copy of the report run with a script payload in every string of metrics.json, run.json and
-    views.json, plus a stored edit and a spectrum block, and its report.html regenerated."""
+    views.json, plus a stored edit and a spectrum block, and its report.html regenerated. Built once
+    per module: the tests that use it only read it."""
     from koopmanlens.report import write_report
 
-    run = tmp_path / "planted"
+    run = tmp_path_factory.mktemp("planted") / "planted"
     shutil.copytree(report_run, run)
     res = runner.invoke(app, ["spectrum", str(run)])
     assert res.exit_code == 0, res.output
