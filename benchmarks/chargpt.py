@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from koopmanlens.baselines import choose_ridge
 from koopmanlens.io import read_json, write_json
-from koopmanlens.lm_metrics import compare_row_maps, constant_map, splice_scores
+from koopmanlens.lm_metrics import evaluate_splice, splice_scores
 from koopmanlens.testbeds.chargpt import (
     DEFAULT_CONFIG,
     CharGPT,
@@ -159,20 +159,14 @@ def fit_kae(
 
 def splice_table(model: CharGPT, sur: TokenSurrogate, splits: CharSplits, split: str, extra: dict) -> dict:
     """The clean network and each splice (KAE, ``extra`` baselines, zero, mean) on ``split``'s
-    windows, every position scored: LM metrics and CE/KL scores against both ablations."""
-    mean_j = sur.preprocessor.scaler_j_.mean_.float()
-    maps = {
-        "kae": sur.kae_map(),
-        **extra,
-        "zero": constant_map(torch.zeros_like(mean_j)),
-        "mean": constant_map(mean_j),
-    }
-    res = compare_row_maps(
-        model, sur.layer_i, sur.layer_j, maps, splits.inputs(split), targets=splits.targets(split)
-    )
+    windows, every position scored (:func:`~koopmanlens.lm_metrics.evaluate_splice` on ``sur``, whose
+    network is ``model``): LM metrics and, for every splice, CE/KL scores against both ablations."""
+    assert sur.network is model
+    res = evaluate_splice(sur, splits.inputs(split), targets=splits.targets(split), extra_maps=extra)
+    order = ["clean", "kae", *extra, "zero", "mean"]  # the table's rows: baselines before ablations
     return {
-        name: {**r, **(splice_scores(res, name, ["zero", "mean"]) if name != "clean" else {})}
-        for name, r in res.items()
+        name: {**res[name], **(splice_scores(res, name, ["zero", "mean"]) if name != "clean" else {})}
+        for name in order
     }
 
 
