@@ -134,5 +134,11 @@ def test_the_shared_input_checks_name_the_input_the_value_and_what_is_allowed():
         check_pair(torch.ones(3, 2), torch.ones(2, 2), "data")
     with pytest.raises(InputError, match=r"^data: x_i and x_j have widths 2 and 3; preprocess them"):
         check_pair(torch.ones(3, 2), torch.ones(3, 3), "data")
+    from koopmanlens.checks import known_fields
+    from koopmanlens.kae import KAEConfig
+
+    assert known_fields(KAEConfig, {"k": 3}) == {"k": 3}
+    with pytest.raises(InputError, match=r"^unknown KAEConfig keys: \['kk', 'zz'\]$"):
+        known_fields(KAEConfig, {"k": 3, "zz": 1, "kk": 2})
     with pytest.raises(InputError, match=r"^data: x_j holds 1 non-finite values"):
         check_pair(torch.ones(3, 2), torch.tensor([[1.0, 1.0], [1.0, float("inf")], [0.0, 0.0]]), "data")

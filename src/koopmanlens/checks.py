@@ -5,6 +5,8 @@ naming the input, the value found and what is allowed."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -66,3 +68,12 @@ def check_pair(x_i: torch.Tensor, x_j: torch.Tensor, what: str) -> None:
             f"{what}: x_i and x_j have widths {x_i.shape[1]} and {x_j.shape[1]}; preprocess them "
             "into a common space first (PairPreprocessor)"
         )
+
+
+def known_fields(cls: type, d: dict) -> dict:
+    """``d`` checked against the fields of the dataclass ``cls`` (a config or record read back from
+    JSON): a key it does not know is refused, naming the keys; missing ones are left to the defaults."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise InputError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return d

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from koopmanlens.errors import InputError
+from koopmanlens.checks import known_fields
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,7 @@ class FitRecord:
     @classmethod
     def from_dict(cls, d: dict) -> FitRecord:
         """The record :meth:`to_dict` wrote; keys it does not know are refused, missing ones default."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise InputError(f"unknown FitRecord keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**known_fields(cls, d))
 
     def replace(self, **changes: Any) -> FitRecord:
         return dataclasses.replace(self, **changes)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from koopmanlens.callbacks import Checkpoint, ProgressBar
+from koopmanlens.checks import known_fields
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.fit_record import FitRecord, RecordField
@@ -132,11 +133,7 @@ class SubjectConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SubjectConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise InputError(f"unknown SubjectConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**known_fields(cls, d))
 
     def build(self) -> ResMLP:
         return ResMLP(self.in_dim, self.width, self.blocks, self.classes, self.norm, self.out_relu)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from koopmanlens.callbacks import Checkpoint
-from koopmanlens.checks import check_pair
+from koopmanlens.checks import check_pair, known_fields
 from koopmanlens.errors import InputError
 from koopmanlens.io import tensor_digest
 from koopmanlens.kae.epoch import (
@@ -122,11 +122,7 @@ class KAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> KAEConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise InputError(f"unknown KAEConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**known_fields(cls, d))
 
 
 KAE_PRESETS: dict[str, KAEConfig] = {

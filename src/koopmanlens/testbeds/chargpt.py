@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from koopmanlens.checks import known_fields
 from koopmanlens.errors import InputError
 from koopmanlens.training import make_generator, progress_bar, seeded
 
@@ -203,10 +204,7 @@ class CharGPTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> CharGPTConfig:
         """The config of :meth:`to_dict`; :class:`InputError` on unknown keys."""
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise InputError(f"unknown CharGPTConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**known_fields(cls, d))
 
 
 #: The benchmark's network (benchmarks/chargpt.py; docs/transformers.md says how it was chosen).
