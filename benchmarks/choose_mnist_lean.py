@@ -30,6 +30,18 @@ whose projected time is <= 900 s and whose validation KAE top-1 is >= 98.8, the 
 reaches 98.8, the highest validation KAE top-1 among those within 900 s (and the bar is reported
 as missed).
 
+**Round 2** (``--round 2``, ``benchmarks/results/choose-mnist-lean-round2.json``), written before it
+ran and after round 1's test number (KAE 98.42, subject 98.50) was read; that reading is the one
+thing the test split told this choice, and it is reported as such (docs/validation.md). Round 1's
+lesson: this validation split overstated the test split by 0.31-0.44 point on every MNIST spec
+measured, so a 0.2 margin was too small. Round 2 keeps round 1's rules and raises the bar to
+**validation KAE top-1 >= 99.1** (98.6 plus a 0.5 margin, above the largest gap measured). Its
+candidates spend the budget round 1 left unused (358 of 900 s) where round 1 lost accuracy, the
+subject (the KAE scored 0.14 below its subject on validation): round 1's subject recipe for 10
+(round 1's network, from the cache), 20 and 30 epochs; then on the chosen subject the q = 192 KAE
+for 50 and 80 epochs. The q = 256 KAE is not a candidate: in round 1 it bought 0.02 point for 2.2x
+the time.
+
 Everything runs inside ``koopmanlens.data.seal("test")`` and asks ``mnist_splits`` for
 ``test=False``: loading the test split would fail.
 """
@@ -65,10 +77,22 @@ KAES: dict[str, tuple[int, dict]] = {
     "q192-h384-p240-e50": (192, {"hidden": 384, "observables": 240, "epochs": 50, "weights": FAST_WEIGHTS}),
     "q256-h512-p320-e50": (256, {"hidden": 512, "observables": 320, "epochs": 50, "weights": FAST_WEIGHTS}),
 }
+ROUND2_SUBJECTS: dict[str, dict] = {
+    f"nobn-oc-lr0.1-e{e}": {**NO_BN, "epochs": e, "batch_size": 256, "lr": 0.1} for e in (10, 20, 30)
+}
+ROUND2_KAES: dict[str, tuple[int, dict]] = {
+    f"q192-h384-p240-e{e}": (192, {"hidden": 384, "observables": 240, "epochs": e, "weights": FAST_WEIGHTS})
+    for e in (50, 80)
+}
+#: round -> (subject candidates, KAE candidates, the bar on validation KAE top-1)
+ROUNDS: dict[int, tuple[dict[str, dict], dict[str, tuple[int, dict]], float]] = {
+    1: (SUBJECTS, KAES, BAR),
+    2: (ROUND2_SUBJECTS, ROUND2_KAES, 0.991),
+}
 SUBJECT_RULE = "highest validation top-1; ties: fewer epochs, then the earlier candidate"
 KAE_RULE = (
-    "projected idle 2-core time (subject + KAE CPU s / 2) <= 900 s and validation KAE top-1 >= 98.8: "
-    "the cheapest; none reaching 98.8: the highest validation KAE top-1 within 900 s"
+    "projected idle 2-core time (subject + KAE CPU s / 2) <= 900 s and validation KAE top-1 >= the bar: "
+    "the cheapest; none reaching the bar: the highest validation KAE top-1 within 900 s"
 )
 
 
@@ -95,13 +119,15 @@ class Clock:
         }
 
 
-def subject(name: str, train, val, cache: Path, epochs: int | None = None) -> tuple[torch.nn.Module, dict]:
+def subject(
+    name: str, train, val, cache: Path, epochs: int | None = None, candidates: dict[str, dict] = SUBJECTS
+) -> tuple[torch.nn.Module, dict]:
     """Subject candidate ``name`` (trained, or loaded from ``cache``) and its validation numbers."""
-    cfg = subject_config("mnist", **SUBJECTS[name])
+    cfg = subject_config("mnist", **candidates[name])
     cfg = cfg if epochs is None else subject_config(cfg, epochs=epochs)
     path = cache / f"subject-{name}-e{cfg.epochs}-n{len(train)}.pt"
     if path.exists():
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=True)
         net = cfg.build()
         net.load_state_dict(saved["state"])
         net.eval()
@@ -115,9 +141,11 @@ def subject(name: str, train, val, cache: Path, epochs: int | None = None) -> tu
     return net, row
 
 
-def kae(name: str, net, train, val, epochs: int | None = None) -> dict:
+def kae(
+    name: str, net, train, val, epochs: int | None = None, candidates: dict[str, tuple[int, dict]] = KAES
+) -> dict:
     """KAE candidate ``name`` fitted on ``net`` and its validation numbers."""
-    q, overrides = KAES[name]
+    q, overrides = candidates[name]
     cfg = kae_config("mnist", **overrides)
     cfg = cfg if epochs is None else kae_config(cfg, epochs=epochs)
     last = net.layer_names()[-1]
@@ -143,11 +171,11 @@ def choose_subject(rows: dict[str, dict]) -> str:
     return max(rows, key=lambda n: (rows[n]["val_top1"], -rows[n]["config"]["epochs"], -order[n]))
 
 
-def choose_kae(rows: dict[str, dict], subject_row: dict) -> tuple[str | None, bool]:
-    """(the chosen KAE candidate, whether it reaches the bar) by :data:`KAE_RULE`."""
+def choose_kae(rows: dict[str, dict], subject_row: dict, bar: float = BAR) -> tuple[str | None, bool]:
+    """(the chosen KAE candidate, whether it reaches ``bar``) by :data:`KAE_RULE`."""
     total = {n: subject_row["projected_idle_s"] + r["projected_idle_s"] for n, r in rows.items()}
     fits = [n for n in rows if total[n] <= BUDGET_S]
-    good = [n for n in fits if rows[n]["val_top1"] >= BAR]
+    good = [n for n in fits if rows[n]["val_top1"] >= bar]
     if good:
         return min(good, key=lambda n: total[n]), True
     return (max(fits, key=lambda n: rows[n]["val_top1"]) if fits else None), False
@@ -159,25 +187,30 @@ def run(
     subset: int | None = None,
     epochs: int | None = None,
     names: tuple[list[str], list[str]] | None = None,
+    round_: int = 1,
 ) -> dict:
-    """Both stages (``subset``/``epochs``/``names``, (subjects, KAEs): a tiny run for tests)."""
+    """Both stages of round ``round_`` (``subset``/``epochs``/``names``, (subjects, KAEs): a tiny run
+    for tests)."""
     torch.set_num_threads(2)
+    subject_cands, kae_cands, bar = ROUNDS[round_]
     d = kl.data.mnist_splits(data_dir, subset, test=False)  # the test split stays unread
     train, val = d["train"], d["validation"]
-    subject_names, kae_names = names or (list(SUBJECTS), list(KAES))
+    subject_names, kae_names = names or (list(subject_cands), list(kae_cands))
     nets, subjects = {}, {}
     for name in subject_names:
-        nets[name], subjects[name] = subject(name, train, val, cache, epochs)
+        nets[name], subjects[name] = subject(name, train, val, cache, epochs, subject_cands)
     chosen_subject = choose_subject(subjects)
-    kaes = {name: kae(name, nets[chosen_subject], train, val, epochs) for name in kae_names}
+    net = nets[chosen_subject]
+    kaes = {name: kae(name, net, train, val, epochs, kae_cands) for name in kae_names}
     for row in kaes.values():
         row["projected_idle_total_s"] = subjects[chosen_subject]["projected_idle_s"] + row["projected_idle_s"]
-    chosen, reached = choose_kae(kaes, subjects[chosen_subject])
+    chosen, reached = choose_kae(kaes, subjects[chosen_subject], bar)
     return {
         "dataset": "mnist",
+        "round": round_,
         "splits": {"train": len(train), "validation": len(val)},
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
-        "bar_val_kae_top1": BAR,
+        "bar_val_kae_top1": bar,
         "budget_projected_idle_s": BUDGET_S,
         "subject_rule": SUBJECT_RULE,
         "subjects": subjects,
@@ -193,9 +226,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/mnist-lean"))
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "choose-mnist-lean.json")
+    ap.add_argument("--round", type=int, choices=sorted(ROUNDS), default=1)
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    run_sealed(lambda: run(args.data_dir, args.cache), args.out)
+    name = "choose-mnist-lean.json" if args.round == 1 else f"choose-mnist-lean-round{args.round}.json"
+    out = args.out or Path(__file__).parent / "results" / name
+    run_sealed(lambda: run(args.data_dir, args.cache, round_=args.round), out)
 
 
 if __name__ == "__main__":
