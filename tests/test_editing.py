@@ -204,3 +204,38 @@ def test_unlearn_class_rejects_out_of_range_numbers(tiny_surrogate, yy_small):
         E.unlearn_class(tiny_surrogate, train, forget=0, method="emmet-kmeans", n_keys=0)
     with pytest.raises(InputError, match="lambda_norm = -1"):
         E.unlearn_class(tiny_surrogate, train, forget=0, method="emmet", lambda_norm=-1.0)
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit", "emmet-kmeans"])
+def test_edits_solve_on_the_device_asked_for(tiny_surrogate, yy_small, method):
+    """The keys, their statistics and the solve run on ``device`` (default: the network's, here the
+    CPU); the edited operator comes back beside the surrogate's own."""
+    train = yy_small[0]
+    default = E.unlearn_class(tiny_surrogate, train, forget=1, method=method, lam=1.0)
+    on_cpu = E.unlearn_class(tiny_surrogate, train, forget=1, method=method, lam=1.0, device="cpu")
+    assert torch.equal(default.after.matrix, on_cpu.after.matrix)
+    assert default.after.matrix.device == tiny_surrogate.current_operator().device
+    with pytest.raises((RuntimeError, NotImplementedError)):  # "meta" holds no numbers: it did go there
+        E.unlearn_class(tiny_surrogate, train, forget=1, method=method, lam=1.0, device="meta")
+
+
+def test_solvers_build_their_identities_on_the_keys_device():
+    """Ridges and projectors live where the keys do (a CPU/GPU mix would fail in the products)."""
+    stats = E.KeyStats.of(torch.eye(3, dtype=torch.float64)).to("meta")
+    assert stats.gram.device.type == "meta" and stats.n == 3
+    assert E.preservation_covariance(stats, 3, 1.0, 0.1).device.type == "meta"
+    assert E.preservation_covariance(None, 3, 1.0, 0.1, device="meta").device.type == "meta"
+    assert E.preservation_covariance(None, 3, 1.0, 0.1).device.type == "cpu"
+    P, dim = E.nullspace_projector(None, 3, device="meta")
+    assert P.device.type == "meta" and dim == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["memit", "alphaedit", "emmet-kmeans"])
+def test_edits_on_cuda_equal_the_cpu_edits(tiny_surrogate, yy_small, method):
+    train = yy_small[0]
+    cpu = E.unlearn_class(tiny_surrogate, train, forget=1, method=method)
+    gpu = E.unlearn_class(tiny_surrogate, train, forget=1, method=method, device="cuda")
+    assert gpu.into == cpu.into and gpu.params == cpu.params  # the same lam chosen on the same grid
+    assert gpu.after.matrix.device.type == "cpu"
+    torch.testing.assert_close(gpu.after.matrix, cpu.after.matrix, rtol=1e-7, atol=1e-9)

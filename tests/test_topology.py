@@ -236,3 +236,55 @@ def test_topology_messages():
         T.betti0("abc", 0.1)
     with pytest.raises(InputError, match=r"eps must be finite and non-negative, got \[inf\]"):
         T.betti0(LINE, float("inf"))
+
+
+@pytest.fixture
+def matmul_precision():
+    """Restores torch's float32 matmul precision after a test that changes it."""
+    was = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(was)
+
+
+def test_float32_distances_only_under_ieee_products(monkeypatch, matmul_precision):
+    """TF32 or bf16 float32 products (``set_float32_matmul_precision("high")``) break the float32
+    error bound, so the MST goes straight to float64 distances; the tree is the same."""
+    calls = []
+    real = T.pairwise_sq_distances
+    monkeypatch.setattr(T, "pairwise_sq_distances", lambda p: calls.append(p.dtype) or real(p))
+    pts = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    want = T.mst_edges(pts)
+    assert calls == [torch.float32]
+    calls.clear()
+    torch.set_float32_matmul_precision("high")
+    got = T.mst_edges(pts)
+    assert calls == [torch.float64]
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=0)
+
+
+def test_mst_distances_run_on_the_device_asked_for(monkeypatch):
+    """The product runs where ``device`` says (default: the points' device), Prim on the host."""
+    seen = []
+    real = T.pairwise_sq_distances
+    monkeypatch.setattr(T, "pairwise_sq_distances", lambda p: seen.append(p.device.type) or real(p))
+    pts = torch.tensor(np.stack(np.meshgrid(np.arange(6.0), np.arange(5.0)), -1).reshape(-1, 2))
+    want = T.mst_edges(pts)
+    got = T.mst_edges(pts, device="cpu")
+    assert seen == ["cpu", "cpu"]
+    np.testing.assert_array_equal(got[0], want[0])
+    with pytest.raises(RuntimeError):
+        T.mst_edges(pts, device="meta")  # a device that cannot compute: the product did go there
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mst_on_cuda_equals_the_cpu_tree(matmul_precision):
+    g = torch.Generator().manual_seed(2)
+    pts = torch.randn(2000, 64, generator=g)
+    want = T.mst_edges(pts)
+    for points, device in ((pts.cuda(), None), (pts, "cuda")):
+        got = T.mst_edges(points, device=device)
+        np.testing.assert_allclose(np.sort(got[1]), np.sort(want[1]), rtol=1e-6)
+    torch.set_float32_matmul_precision("high")  # TF32 on: the float64 product, the same tree
+    got = T.mst_edges(pts.cuda())
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-9)

@@ -128,3 +128,22 @@ def test_pooled_grid_bad_input():
         T.pooled_eps([np.ones(3)], 1.5)
     with pytest.raises(InputError, match="maxdim"):
         S.sequence_curves([clusters(2)], [clusters(2)], maxdim=2)
+
+
+def test_the_distance_products_run_on_the_networks_device(monkeypatch, tiny_surrogate, yy_small):
+    """``sequence_curves`` hands its ``device`` to every MST; ``topology_block`` defaults it to the
+    device of the network (here the CPU) and passes a given one through."""
+    seen = []
+    real = T.mst_edges
+    monkeypatch.setattr(T, "mst_edges", lambda c, device=None: seen.append(device) or real(c, device=device))
+    S.sequence_curves([clusters(2)], [clusters(3)], grid_points=5, maxdim=0, device="cpu")
+    assert seen == ["cpu", "cpu"]
+    seen.clear()
+    train, _, test = yy_small
+    net, sur = tiny_surrogate.network, tiny_surrogate
+    layers = [sur.layer_i, sur.layer_j]
+    S.topology_block(net, layers, train, test, sur, max_points=40, max_steps=2, maxdim=0, grid_points=5)
+    assert seen and all(d == torch.device("cpu") for d in seen)
+    seen.clear()
+    with pytest.raises(RuntimeError):  # "meta" cannot compute: the products did go where they were sent
+        S.topology_block(net, layers, train, test, sur, max_points=40, max_steps=2, maxdim=0, device="meta")

@@ -5,7 +5,8 @@ public name here.
 
 Column convention everywhere in this module: a matrix W maps a key column k to a value column
 v = W k. Keys are stacked as columns, K_E (d x B), values V_E (d_out x B), preserved keys K_0 (d x N).
-All float64 inside, solves instead of inverses.
+All float64 inside, solves instead of inverses. Every function computes on the device its matrices live
+on (a GPU included); only :func:`reduce_keys`' k-means runs on the host.
 """
 
 from __future__ import annotations
@@ -95,9 +96,13 @@ class KeyStats:
 
     @classmethod
     def of(cls, keys: torch.Tensor) -> KeyStats:
-        """Statistics of keys given as columns (d x N)."""
+        """Statistics of keys given as columns (d x N), computed where ``keys`` live."""
         keys = _matrix(keys, "preserved keys")
         return cls(keys @ keys.T, int(keys.shape[1]))
+
+    def to(self, device: str | torch.device) -> KeyStats:
+        """The same statistics on ``device``."""
+        return KeyStats(self.gram.to(device), self.n)
 
 
 def _stats(K_0: torch.Tensor | KeyStats | None, d: int) -> KeyStats | None:
@@ -112,14 +117,24 @@ def _stats(K_0: torch.Tensor | KeyStats | None, d: int) -> KeyStats | None:
 
 
 def preservation_covariance(
-    K_0: torch.Tensor | KeyStats | None, d: int, lambda_mom2: float, lambda_norm: float
+    K_0: torch.Tensor | KeyStats | None,
+    d: int,
+    lambda_mom2: float,
+    lambda_norm: float,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """C_0 = lambda_mom2 K_0 K_0^T / N + lambda_norm I (METHOD section 8)."""
-    C = lambda_norm * torch.eye(d, dtype=torch.float64)
+    """C_0 = lambda_mom2 K_0 K_0^T / N + lambda_norm I (METHOD section 8), on the keys' device
+    (``device`` when there are no keys; default the CPU)."""
     stats = _stats(K_0, d)
+    C = lambda_norm * torch.eye(d, dtype=torch.float64, device=_device(stats, device))
     if stats is not None and stats.n > 0 and lambda_mom2 != 0:
         C = C + lambda_mom2 * stats.gram.double() / stats.n
     return C
+
+
+def _device(stats: KeyStats | None, device: str | torch.device | None) -> torch.device:
+    """Where the preserved keys' statistics live, else ``device`` (default the CPU)."""
+    return stats.gram.device if stats is not None else torch.device(device or "cpu")
 
 
 def _diagnostics(W, W_new, K_E, V_E, K_0, extra) -> dict:
@@ -173,9 +188,9 @@ def emmet(
     K_0 = _stats(K_0, W.shape[1])
     lambdas = {"lambda_mom2": lambda_mom2, "lambda_norm": lambda_norm, "lambda_emmet": lambda_emmet}
     _check_non_negative(lambdas)
-    C0 = preservation_covariance(K_0, W.shape[1], lambda_mom2, lambda_norm)
+    C0 = preservation_covariance(K_0, W.shape[1], lambda_mom2, lambda_norm, W.device)
     Cinv_K = _solve(C0, K_E, "C_0")  # C_0^-1 K_E  (d x B)
-    D = K_E.T @ Cinv_K + lambda_emmet * torch.eye(K_E.shape[1], dtype=torch.float64)
+    D = K_E.T @ Cinv_K + lambda_emmet * torch.eye(K_E.shape[1], dtype=torch.float64, device=W.device)
     R = V_E - W @ K_E
     # (R D^-1) (C_0^-1 K_E)^T, C_0 symmetric
     RD = _solve(D.T, R.T, "D").T
@@ -211,7 +226,7 @@ def memit(
     _check_shapes(W, K_E, V_E)
     K_0 = _stats(K_0, W.shape[1])
     _check_non_negative({"lam": lam, "lambda_norm": lambda_norm})
-    C0 = preservation_covariance(K_0, W.shape[1], 1.0, lambda_norm)
+    C0 = preservation_covariance(K_0, W.shape[1], 1.0, lambda_norm, W.device)
     B = K_E.shape[1]
     A = lam * C0 + K_E @ K_E.T / B
     R = V_E - W @ K_E
@@ -236,9 +251,9 @@ def reduce_keys(keys: torch.Tensor, n: int, method: str = "kmeans", seed: int = 
         raise InputError(f"key reduction method must be 'kmeans' or 'sample', got {method!r}")
     from scipy.cluster.vq import kmeans2
 
-    centroids, labels = kmeans2(keys.T.numpy(), n, minit="++", seed=seed)
+    centroids, labels = kmeans2(keys.T.cpu().numpy(), n, minit="++", seed=seed)
     used = np.unique(labels)
-    return torch.from_numpy(centroids[used].T.copy())
+    return torch.from_numpy(centroids[used].T.copy()).to(keys.device)
 
 
 #: Default of :func:`alphaedit`'s ``nullspace_rtol`` (docs/baselines.md gives the training-split probe
@@ -247,18 +262,22 @@ NULLSPACE_RTOL = 1e-4
 
 
 def nullspace_projector(
-    K_0: torch.Tensor | KeyStats, d: int, rtol: float = NULLSPACE_RTOL
+    K_0: torch.Tensor | KeyStats | None,
+    d: int,
+    rtol: float = NULLSPACE_RTOL,
+    device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, int]:
     """AlphaEdit's projector (Fang et al., ICLR 2025): P = U_hat U_hat^T, U_hat the eigenvectors of
     the preserved keys' mean second moment K_0 K_0^T / N whose eigenvalues are below ``rtol`` times
     the largest one (the authors' code thresholds the same matrix at an absolute 2e-2; a relative
     threshold does not depend on the keys' scale). Any key in the span of the other eigenvectors
-    satisfies P k = 0 up to rounding. Returns (P (d x d), the null-space dimension)."""
+    satisfies P k = 0 up to rounding. Returns (P (d x d) on the keys' device, or ``device`` when
+    there are none, the null-space dimension)."""
     stats = _stats(K_0, d)
     if not (isinstance(rtol, int | float) and not isinstance(rtol, bool) and 0.0 <= rtol < 1.0):
         raise InputError(f"nullspace_rtol must be a number in [0, 1), got {rtol!r}")
     if stats is None or stats.n == 0:
-        return torch.eye(d, dtype=torch.float64), d
+        return torch.eye(d, dtype=torch.float64, device=_device(stats, device)), d
     evals, evecs = torch.linalg.eigh(stats.gram.double() / stats.n)
     top = float(evals.max().clamp_min(0.0))
     small = evals < rtol * top if top > 0 else torch.ones_like(evals, dtype=torch.bool)
@@ -295,10 +314,10 @@ def alphaedit(
     _check_non_negative({"lam": lam})
     if not lam > 0:
         raise InputError(f"alphaedit needs lam > 0 (the ridge on the update), got {lam!r}")
-    P, null_dim = nullspace_projector(K_0, W.shape[1], nullspace_rtol)
+    P, null_dim = nullspace_projector(K_0, W.shape[1], nullspace_rtol, W.device)
     B = K_E.shape[1]
     R = V_E - W @ K_E
-    A = K_E @ K_E.T @ P / B + lam * torch.eye(W.shape[1], dtype=torch.float64)
+    A = K_E @ K_E.T @ P / B + lam * torch.eye(W.shape[1], dtype=torch.float64, device=W.device)
     D = _solve(A.T, (R @ K_E.T @ P / B).T, "K_E K_E^T P / B + lam I").T
     W_new = W + D @ P
     conds = _conditioning({"cond_A": _cond(A)}, "AlphaEdit", "raise lam")

@@ -20,7 +20,7 @@ from koopmanlens.metrics import mean_sd
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.states import SpanStates
 from koopmanlens.surrogate import Surrogate
-from koopmanlens.training import make_generator, progress_bar
+from koopmanlens.training import make_generator, module_device, progress_bar
 from koopmanlens.unlearning import finetune_unlearn, target_and_others
 
 #: Fraction of the training split held out to choose the fine-tuning baseline's learning rate and
@@ -119,8 +119,9 @@ def alphaedit_row(surrogates: list[Surrogate], train: Dataset, test: Dataset, fo
 def seed_inputs(sur: Surrogate, train: Dataset, test: Dataset, states: SpanStates | None = None) -> tuple:
     """What every edit of one seed's surrogate starts from: phi(x_i) of ``train`` (from the run's
     capture ``states`` when given), their :class:`~koopmanlens.editing.KeyStats` and the surrogate's
-    evaluation on ``test`` (the edits' "before")."""
-    z = editing.class_observables(sur, train, states)
+    evaluation on ``test`` (the edits' "before"). The observables and their statistics live on the
+    network's device, where the edits solve."""
+    z = editing.class_observables(sur, train, states).to(module_device(sur.network))
     return z, editing.KeyStats.of(z.T), sur.evaluate(test)
 
 

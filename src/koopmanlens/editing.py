@@ -44,6 +44,7 @@ from koopmanlens.errors import IllConditionedWarning, InputError
 from koopmanlens.operators import MatrixOperator
 from koopmanlens.states import SpanStates, states_of
 from koopmanlens.surrogate import Surrogate
+from koopmanlens.training import module_device
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -144,7 +145,7 @@ def _class_centroids(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Row c: the mean of ``out`` over the samples of class c (zeros for an absent class)."""
     n_classes = int(y.max()) + 1
     return torch.stack(
-        [out[y == c].mean(0) if (y == c).any() else torch.zeros(out.shape[1]) for c in range(n_classes)]
+        [out[y == c].mean(0) if (y == c).any() else out.new_zeros(out.shape[1]) for c in range(n_classes)]
     )
 
 
@@ -164,6 +165,7 @@ def unlearn_class(
     tune_samples: int = 500,
     observables: torch.Tensor | None = None,
     stats: KeyStats | None = None,
+    device: str | torch.device | None = None,
 ) -> Edit:
     """Algorithm 1 (Appendix D): edit the operator so class ``forget`` is sent to another class.
 
@@ -185,6 +187,8 @@ def unlearn_class(
     ``observables``: phi(x_i) of ``train`` (rows), if already computed (:func:`class_observables`);
     ``stats``: their :class:`KeyStats` (``KeyStats.of(observables.T)``), if already computed: the
     preserved keys' statistics are then the total minus the class's, so an edit costs O(p^2 B + p^3).
+    ``device``: where the keys, their statistics and the solves live (default: the network's device);
+    the edited operator comes back to the device of the surrogate's own.
     ``Edit.seconds`` is the whole call; ``diagnostics["solve_seconds"]`` the closed-form solve alone.
     """
     present = _check_edit_args(
@@ -193,7 +197,8 @@ def unlearn_class(
     )  # fmt: skip
     ridges = _edit_ridges(method, lambda_norm, lambda_emmet)
     start = time.perf_counter()
-    W = surrogate.current_operator().double()
+    home = surrogate.current_operator()
+    W = home.double().to(device or module_device(surrogate.network))
     K_E, K_0, centroids = _keys(surrogate, train, forget, W, observables, stats)
     if into is None:
         into = nearest_class(centroids, forget, present)
@@ -202,6 +207,7 @@ def unlearn_class(
     W_new, diag = _run_method(
         method, surrogate, train, forget, W, K_E, centroids[into], K_0, params, lam, lambda_mom2, n_keys, tune
     )
+    W_new = W_new.to(home.device)
     seconds = time.perf_counter() - start
     after = MatrixOperator(W_new, surrogate.kae.k)
     return Edit(forget, into, method, params, surrogate.op, after, diagnostics=diag, seconds=seconds)
@@ -243,14 +249,15 @@ def _edit_ridges(method: str, lambda_norm: float | None, lambda_emmet: float | N
 
 def _keys(surrogate, train, forget, W, observables, stats):
     """Algorithm 1's keys: the class's phi(x_i) as columns (K_E), the statistics of every other
-    training sample's (K_0: the total's minus the class's) and the class centroids of K phi(x_i)."""
+    training sample's (K_0: the total's minus the class's) and the class centroids of K phi(x_i), all
+    on ``W``'s device."""
     z = class_observables(surrogate, train) if observables is None else observables.double()
     if z.shape != (len(train), W.shape[1]):
         raise InputError(f"observables must have shape ({len(train)}, {W.shape[1]}), got {tuple(z.shape)}")
-    centroids = _class_centroids(z @ W.T, train.y)
-    K_E = z[train.y == forget].T
-    if stats is None:
-        stats = KeyStats.of(z.T)
+    z, y = z.to(W.device), train.y.to(W.device)
+    centroids = _class_centroids(z @ W.T, y)
+    K_E = z[y == forget].T
+    stats = KeyStats.of(z.T) if stats is None else stats.to(W.device)
     if stats.gram.shape != (z.shape[1], z.shape[1]) or stats.n != len(z):
         raise InputError("stats must be the KeyStats of the same observables")
     return K_E, KeyStats(stats.gram - K_E @ K_E.T, stats.n - K_E.shape[1]), centroids

@@ -24,7 +24,14 @@ from koopmanlens.fit_record import FitRecord, RecordField
 from koopmanlens.io import tensor_digest
 from koopmanlens.loop import Callback, Loop, fit_loop
 from koopmanlens.metrics import classification_metrics
-from koopmanlens.training import make_generator, resolve_device, seeded, torch_threads, triangular_lr
+from koopmanlens.training import (
+    make_generator,
+    module_device,
+    resolve_device,
+    seeded,
+    torch_threads,
+    triangular_lr,
+)
 
 NORMS = ("batch", "none")
 SCHEDULES = ("triangular", "onecycle")
@@ -340,7 +347,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) ->
     """Logits of ``model`` in eval mode over ``x``, batched, on the model's device, returned on CPU."""
     was_training = model.training
     model.eval()
-    dev = next(model.parameters()).device
+    dev = module_device(model)
     try:
         out = [model(x[i : i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)]
     finally:

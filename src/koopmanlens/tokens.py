@@ -25,6 +25,7 @@ from koopmanlens.kae import KAEConfig, train_kae
 from koopmanlens.operators import KoopmanOperator
 from koopmanlens.preprocessing import PairPreprocessor
 from koopmanlens.surrogate import Surrogate
+from koopmanlens.training import module_device
 
 Positions = str | Sequence[int] | None
 
@@ -116,11 +117,6 @@ def check_same_positions(h_i: torch.Tensor, h_j: torch.Tensor, layer_i: str, lay
         )
 
 
-def _device(model: nn.Module) -> torch.device:
-    params = list(model.parameters())
-    return params[0].device if params else torch.device("cpu")
-
-
 def input_vocabulary(model: nn.Module) -> int | None:
     """The number of token ids the model embeds: its input embedding's rows (Hugging Face's
     ``get_input_embeddings``, else the first ``nn.Embedding``), ``None`` when it has none."""
@@ -163,7 +159,7 @@ def run_batches(
     try:
         with torch.no_grad():
             for s in range(0, len(inputs), batch_size):
-                fn(inputs[s : s + batch_size].to(_device(model)), full[s : s + batch_size])
+                fn(inputs[s : s + batch_size].to(module_device(model)), full[s : s + batch_size])
     finally:
         model.train(was)
 

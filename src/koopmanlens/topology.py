@@ -9,7 +9,8 @@ beta_d(eps) is the number of d-dimensional persistence bars with birth <= eps < 
   centred points (distances are translation invariant; far from the origin the product's terms would
   cancel), then recompute the n - 1 tree edge lengths exactly in float64. The product runs in
   float32 when its rounding error provably cannot move any tree edge length by more than a relative
-  ``MST_RTOL``, else again in float64 (see :func:`mst_edges`).
+  ``MST_RTOL``, else again in float64 (see :func:`mst_edges`). The product may run on a GPU
+  (``device``); the O(n^2) Prim walk and the exact lengths stay on the host, one transfer per cloud.
 * beta_1 and higher come from ripser.py (persistent homology, MIT licence), cut off at the largest eps
   asked for, on a seeded subsample for large clouds.
 * ``suggest_eps`` picks eps from the data itself: a quantile of the MST edge lengths.
@@ -76,6 +77,18 @@ def _prim(d2: torch.Tensor) -> np.ndarray:
     return edges
 
 
+def _fp32_products_exact() -> bool:
+    """Whether float32 matrix products round as IEEE float32, as the error bound of
+    :func:`_gram_error_bound` assumes: not when the user allowed TF32 or bf16 products
+    (``torch.set_float32_matmul_precision("high")`` or ``"medium"``)."""
+    return torch.get_float32_matmul_precision() == "highest"
+
+
+def _distances_on(centred: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`pairwise_sq_distances` of ``centred`` in ``dtype``, computed on ``device``, on the host."""
+    return pairwise_sq_distances(centred.to(device=device, dtype=dtype)).cpu()
+
+
 def _gram_error_bound(centred: torch.Tensor) -> float:
     """A bound on the absolute error of every float32 entry of ``pairwise_sq_distances``: each is
     |a|^2 + |b|^2 - 2 a.b with terms up to 2 R^2 (R the largest norm), summed over d coordinates;
@@ -88,7 +101,9 @@ def _gram_error_bound(centred: torch.Tensor) -> float:
 
 
 def mst_edges(
-    points: torch.Tensor | np.ndarray, max_bytes: int | None = None
+    points: torch.Tensor | np.ndarray,
+    max_bytes: int | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Minimum spanning tree of the complete Euclidean graph (Prim's algorithm, O(n^2)).
 
@@ -98,22 +113,31 @@ def mst_edges(
     shortest tree edge by more than a relative :data:`MST_RTOL` (tight clusters far apart, duplicate
     points), the tree is found again on float64 distances (twice the memory, about 3x the time).
 
+    ``device``: where the distance product runs (default: where ``points`` live); the matrix comes
+    back to the host once for Prim's walk. With TF32 or bf16 float32 products allowed
+    (``torch.set_float32_matmul_precision``) the float32 bound does not hold, so the product is made
+    in float64.
+
     Returns:
         (edges (n - 1, 2) int64, lengths (n - 1,) float64 sorted ascending). Lengths are exact
         float64 distances between the joined points.
     """
     pts = as_matrix(points, "points", dtype=None, min_rows=2)
+    dev = pts.device if device is None else torch.device(device)
+    pts = pts.cpu()
     n = pts.shape[0]
     _check_memory(n, 4, max_bytes)
     # any common shift leaves distances alone, so the mean may be rounded to the points' dtype;
     # the subtraction is then exact to a unit round-off of the centred coordinates
     centred = pts - pts.mean(0, dtype=torch.float64).to(pts.dtype)
     c32 = centred.float()
-    edges = _prim(pairwise_sq_distances(c32))
-    lengths = _edge_lengths(pts, edges)
-    if 2 * _gram_error_bound(c32) > MST_RTOL * float(lengths.min()) ** 2:
+    lengths = None
+    if _fp32_products_exact():
+        edges = _prim(_distances_on(c32, dev, torch.float32))
+        lengths = _edge_lengths(pts, edges)
+    if lengths is None or 2 * _gram_error_bound(c32) > MST_RTOL * float(lengths.min()) ** 2:
         _check_memory(n, 8, max_bytes)
-        edges = _prim(pairwise_sq_distances(centred.double()))
+        edges = _prim(_distances_on(centred, dev, torch.float64))
         lengths = _edge_lengths(pts, edges)
     order = np.argsort(lengths, kind="stable")
     return edges[order], lengths[order]
@@ -162,7 +186,7 @@ def persistence_diagrams(
         raise InputError(f"maxdim must be >= 0, got {maxdim}")
     if maxdim >= pts.shape[0] - 1:
         raise InputError(f"maxdim {maxdim} is too large for {pts.shape[0]} points (need maxdim < n - 1)")
-    return ripser(pts.double().numpy(), maxdim=maxdim, thresh=float(thresh))["dgms"]
+    return ripser(pts.double().cpu().numpy(), maxdim=maxdim, thresh=float(thresh))["dgms"]
 
 
 def count_bars(diagram: np.ndarray, eps: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.states import LayerAlignment
 from koopmanlens.surrogate import Surrogate
-from koopmanlens.training import progress_bar
+from koopmanlens.training import module_device, progress_bar
 
 GRID_RULE = (
     "quantiles 0..1 of the MST edge lengths pooled over all layers and all decoded KAE steps "
@@ -122,6 +122,7 @@ def sequence_curves(
     seed: int = 0,
     eps: float | None = None,
     tick: Callable[[str], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> dict:
     """Betti curves of layer and step clouds over one pooled grid, and beta_0 at one eps (default:
     the pooled median MST edge, :func:`koopmanlens.topology.pooled_eps`).
@@ -130,13 +131,14 @@ def sequence_curves(
     beta_1 (``maxdim`` = 1) counts ripser's bars on the same seeded subsample of ``beta1_points``
     points of every cloud (rows are the same samples in every cloud). Returns the grid, the eps and
     integer curves: ``layer_curves`` / ``step_curves`` of shape (maxdim + 1, n_clouds, grid_points).
+    ``device``: where the MSTs' distance products run (:func:`koopmanlens.topology.mst_edges`).
     """
     if maxdim not in (0, 1):
         raise InputError(f"maxdim must be 0 or 1, got {maxdim}")
     clouds = [*layer_clouds, *step_clouds]
     msts = []
     for c in clouds:
-        msts.append(topology.mst_edges(c)[1])
+        msts.append(topology.mst_edges(c, device=device)[1])
         if tick is not None:
             tick("MST")
     grid = topology.pooled_eps_grid(msts, grid_points)
@@ -192,6 +194,7 @@ def topology_block(
     maxdim: int = 1,
     beta1_points: int = 500,
     alignment: LayerAlignment | None = None,
+    device: str | torch.device | None = None,
 ) -> dict:
     """The ``topology`` block of metrics.json (schema in docs/topology.md).
 
@@ -201,7 +204,8 @@ def topology_block(
     (at most ``max_steps`` + 1 of s = 0..k). Primary: Betti curves over the pooled grid
     (:data:`GRID_RULE`), the step x layer curve distances and :func:`tracking_summary`. Secondary:
     beta_0 at one eps (:data:`EPS_RULE`, or a given ``eps`` > 0, recorded as "given by the user").
-    ``alignment``: the layers' alignment, if fitted already (:func:`topology_alignment`).
+    ``alignment``: the layers' alignment, if fitted already (:func:`topology_alignment`);
+    ``device``: where the distance products run (default: the network's device).
     """
     if eps is not None:
         check_given_eps(eps)
@@ -220,7 +224,7 @@ def topology_block(
         task = bar.add_task("topology layers+steps", total=len(layers) + len(steps), info="")
         res = sequence_curves(
             [aligned[n] for n in layers], list(states), grid_points, maxdim, beta1_points, seed, eps,
-            tick=lambda what: bar.update(task, advance=1, info=what),
+            tick=lambda what: bar.update(task, advance=1, info=what), device=device or module_device(network),
         )  # fmt: skip
     block = {
         "eps": res["eps"],

@@ -98,6 +98,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module``'s parameters live (the CPU for a module without any)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
 PRECISIONS = ("float32", "bf16")
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.subject import evaluate_classifier
-from koopmanlens.training import make_generator
+from koopmanlens.training import make_generator, module_device
 
 #: Learning rates (Adam) the fine-tuning baseline chooses from on validation data.
 FINETUNE_LRS: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
@@ -148,7 +148,7 @@ def finetune_unlearn(
         raise InputError(f"max_target_accuracy must be a fraction in [0, 1], got {max_target_accuracy!r}")
     if not lrs or min(lrs) <= 0 or max_epochs < 1 or batch_size < 1:
         raise InputError("fine-tuning needs positive learning rates, max_epochs >= 1 and batch_size >= 1")
-    device = next(network.parameters()).device
+    device = module_device(network)
     names = modules_after(network, layer_j, train.x[:2].to(device))
     n_params = sum(
         p.numel() for n in names for p in dict(network.named_modules())[n].parameters(recurse=False)
