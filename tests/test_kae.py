@@ -553,3 +553,55 @@ def test_expm_default_method_is_taylor():
     assert torch.equal(expm(A, "torch"), torch.linalg.matrix_exp(A))
     assert torch.equal(operator_power(A, 2, 7), expm_taylor(A * (2 / 7)))
     assert torch.equal(operator_power(A, 1, 1), expm_taylor(A))  # one step is allowed
+
+
+def test_optimizers_fuse_on_cuda_only():
+    """One fused optimiser kernel on CUDA (launch-bound steps); PyTorch's default on the CPU, so the
+    CPU's numbers do not move."""
+    from koopmanlens.training import optimizer_options
+
+    assert optimizer_options(torch.device("cuda")) == {"fused": True}
+    assert optimizer_options(torch.device("cuda", 0)) == {"fused": True}
+    assert optimizer_options(torch.device("cpu")) == {}
+
+
+def test_taylor_blocks_are_one_product():
+    """The Paterson-Stockmeyer blocks come from one product with the stacked powers and Horner is
+    fused: an exponential and its gradient dispatch 59 operators (108 before; benchmarks/gpu_profile.py),
+    and the result is exp(A) whatever the squarings."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from koopmanlens.kae.model import _paterson_stockmeyer
+
+    a = 0.2 * torch.randn(6, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    powers = [torch.eye(6, dtype=torch.float64), a]
+    for _ in range(3):
+        powers.append(powers[-1] @ a)
+    for s in (0, 1, 3):
+        t = _paterson_stockmeyer(powers, s, 16)
+        for _ in range(s):
+            t = t @ t
+        torch.testing.assert_close(t, torch.linalg.matrix_exp(a), rtol=1e-12, atol=1e-12)
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.overloadpacket.__name__ in ("mm", "addmm", "mul", "add", "div")
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        _paterson_stockmeyer(powers, 2, 16)
+    assert Count.n == 1 + 4  # the blocks' product and four fused Horner steps
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_optimisers_train_on_cuda(yy_small):
+    import koopmanlens as kl
+
+    train, _, _ = yy_small
+    net = kl.subject.train_resmlp(train, "yinyang-paper", seed=0, progress=False, epochs=3, device="cuda")
+    assert next(net.parameters()).is_cuda
+    x = torch.randn(64, 4)
+    kae = kl.kae.train_kae(x, x + 0.1, "yinyang", seed=0, epochs=3, device="cuda", progress=False)
+    assert kae.fit_record.config["epochs"] == 3

@@ -28,6 +28,8 @@ from koopmanlens.surrogate import Surrogate
 from koopmanlens.training import (
     check_finite_losses,
     make_generator,
+    module_device,
+    optimizer_options,
     progress_bar,
     resolve_device,
     seeded,
@@ -74,6 +76,7 @@ def _mlp_optimizer(model: nn.Module, cfg: KAEConfig) -> torch.optim.AdamW:
             {"params": [p for n, p in named if not n.endswith("weight")], "weight_decay": 0.0},
         ],
         lr=cfg.lr,
+        **optimizer_options(module_device(model)),
     )
 
 

@@ -27,6 +27,7 @@ from koopmanlens.metrics import classification_metrics
 from koopmanlens.training import (
     make_generator,
     module_device,
+    optimizer_options,
     resolve_device,
     seeded,
     torch_threads,
@@ -315,7 +316,8 @@ def train_resmlp(
         with seeded(seed):
             model = cfg.build()
         model.to(dev).train()
-        opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=0.0, momentum=cfg.momentum)
+        groups = _param_groups(model, cfg.weight_decay)
+        opt = torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, **optimizer_options(dev))
         x, y = x.to(dev), train.y.to(dev)
         sched = _LRSchedule(cfg, opt, cfg.epochs * -(-len(x) // cfg.batch_size))
         precision = str(model.head.weight.dtype).removeprefix("torch.")

@@ -103,6 +103,13 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
+def optimizer_options(device: torch.device) -> dict:
+    """Keyword arguments for a torch optimiser on ``device``: ``fused=True`` on CUDA, where one fused
+    kernel replaces the several launches per step of the default (a GPU step is bound by launches,
+    docs/results.md); nothing on the CPU, whose numbers stay PyTorch's default implementation's."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
 PRECISIONS = ("float32", "bf16")
 
 

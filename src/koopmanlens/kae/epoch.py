@@ -20,7 +20,7 @@ from koopmanlens.fit_record import FitRecord
 from koopmanlens.kae.losses import isometry_loss, linear_loss, reconstruction_loss, state_loss
 from koopmanlens.kae.model import KoopmanAE
 from koopmanlens.loop import ROLLBACK, Callback, EpochFn, Loop, fit_loop
-from koopmanlens.training import make_generator, resolve_precision, seeded, triangular_lr
+from koopmanlens.training import make_generator, optimizer_options, resolve_precision, seeded, triangular_lr
 
 if TYPE_CHECKING:
     from koopmanlens.kae.trainer import KAEConfig
@@ -209,7 +209,7 @@ class KAETraining:
         with seeded(seed):
             model = KoopmanAE(dim, cfg.hidden, cfg.observables, cfg.k, expm_method=cfg.expm_method)
         model.to(dev).train()
-        opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+        opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, **optimizer_options(dev))
         record = FitRecord(precision=resolve_precision(cfg.precision, dev), config=cfg.to_dict())
         loop = Loop(model, opt, make_generator(seed + 1), cfg.epochs, dev, record, started=started)
         guard = DivergenceGuard(cfg.spike_factor, cfg.max_rollbacks, key="state")

@@ -65,22 +65,28 @@ def expm_taylor(a: torch.Tensor, degree: int = TAYLOR_DEGREE, theta: float | Non
             if s > _squarings(d4, theta):
                 d5 = float(torch.linalg.matrix_norm(powers[4].detach() @ a.detach(), ord=1)) ** 0.2
                 s = min(s, _squarings(max(d4, d5), theta))
-    if s:
-        powers = [powers[0]] + [p / 2.0 ** (s * i) for i, p in enumerate(powers[1:], start=1)]
-    coeffs = [1.0 / math.factorial(i) for i in range(degree + 1)]
-    # T(X) = sum_j (X^4)^j B_j(X), B_j(X) = sum_{i<4} c_{4j+i} X^i, Horner over j
-    blocks = []
-    for j in range(0, degree + 1, 4):
-        b = coeffs[j] * eye
-        for i in range(1, 4):
-            if j + i <= degree:
-                b = b + coeffs[j + i] * powers[i]
-        blocks.append(b)
-    x4 = powers[4]
+    return _square(_paterson_stockmeyer(powers, s, degree), s)
+
+
+def _paterson_stockmeyer(powers: list[torch.Tensor], s: int, degree: int) -> torch.Tensor:
+    """T(X) = sum_j (X^4)^j B_j(X), B_j(X) = sum_{i<4} c_{4j+i} X^i (c_i = 1/i!), Horner over j, for
+    X = A / 2^s given the powers [I, A, A^2, A^3, A^4] of A. The scalings 2^(-s i) are exact, so they
+    are folded into the coefficients: all the blocks B_j come from one product of a (blocks x 4)
+    coefficient matrix with the stacked powers, and each Horner step is one fused ``addmm``, which
+    keeps the kernels per exponential few (a GPU step is bound by their launches; docs/results.md)."""
+    n = powers[0].shape[-1]
+    scale = 2.0**-s
+    nb = degree // 4 + 1
+    rows = [[0.0] * 4 for _ in range(nb)]
+    for k in range(degree + 1):
+        rows[k // 4][k % 4] = scale ** (k % 4) / math.factorial(k)
+    stacked = torch.stack(powers[:4]).reshape(4, n * n)
+    coeffs = torch.tensor(rows, dtype=stacked.dtype, device=stacked.device)
+    blocks = (coeffs @ stacked).reshape(nb, n, n).unbind(0)
     result = blocks[-1]
     for b in reversed(blocks[:-1]):
-        result = b + x4 @ result
-    return _square(result, s)
+        result = torch.addmm(b, powers[4], result, alpha=scale**4)
+    return result
 
 
 def _squarings(alpha: float, theta: float) -> int:
