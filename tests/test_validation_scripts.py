@@ -181,6 +181,7 @@ def test_defaults_are_the_ones_chosen_on_validation():
     [
         (1, (["bn-tri-e6", "nobn-oc-lr0.05-e10"], ["q128-h256-p160-e50"])),
         (2, (["nobn-oc-lr0.1-e20"], ["q192-h384-p240-e80"])),
+        (3, (["bn-tri-b128-e20"], ["q256-h512-p320-e50"])),
     ],
 )
 def test_choose_mnist_lean_reads_train_and_validation_only(
@@ -212,7 +213,7 @@ def test_choose_mnist_lean_rule(bench):
     rows = {"a": cand(0.989, 300), "b": cand(0.991, 700)}
     assert mod.choose_kae(rows, subject, mod.ROUNDS[2][2]) == ("b", True)
     assert mod.choose_kae(rows, subject, 0.992) == ("b", False)
-    assert mod.ROUNDS[2][2] == 0.991 and mod.ROUNDS[1][2] == 0.988
+    assert mod.ROUNDS[2][2] == mod.ROUNDS[3][2] == 0.991 and mod.ROUNDS[1][2] == 0.988
     assert (
         mod.choose_subject(
             {
