@@ -239,3 +239,9 @@ def test_edits_on_cuda_equal_the_cpu_edits(tiny_surrogate, yy_small, method):
     assert gpu.into == cpu.into and gpu.params == cpu.params  # the same lam chosen on the same grid
     assert gpu.after.matrix.device.type == "cpu"
     torch.testing.assert_close(gpu.after.matrix, cpu.after.matrix, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_edit_on_a_missing_gpu_is_a_clear_error(tiny_surrogate, yy_small):
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        E.unlearn_class(tiny_surrogate, yy_small[0], forget=1, device="cuda")

@@ -44,7 +44,7 @@ from koopmanlens.errors import IllConditionedWarning, InputError
 from koopmanlens.operators import MatrixOperator
 from koopmanlens.states import SpanStates, states_of
 from koopmanlens.surrogate import Surrogate
-from koopmanlens.training import module_device
+from koopmanlens.training import module_device, resolve_device
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -198,7 +198,7 @@ def unlearn_class(
     ridges = _edit_ridges(method, lambda_norm, lambda_emmet)
     start = time.perf_counter()
     home = surrogate.current_operator()
-    W = home.double().to(device or module_device(surrogate.network))
+    W = home.double().to(module_device(surrogate.network) if device is None else resolve_device(device))
     K_E, K_0, centroids = _keys(surrogate, train, forget, W, observables, stats)
     if into is None:
         into = nearest_class(centroids, forget, present)

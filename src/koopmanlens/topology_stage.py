@@ -23,7 +23,7 @@ from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.states import LayerAlignment
 from koopmanlens.surrogate import Surrogate
-from koopmanlens.training import module_device, progress_bar
+from koopmanlens.training import module_device, progress_bar, resolve_device
 
 GRID_RULE = (
     "quantiles 0..1 of the MST edge lengths pooled over all layers and all decoded KAE steps "
@@ -220,11 +220,12 @@ def topology_block(
     k = surrogate.kae.k
     steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
     states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps])
+    dev = module_device(network) if device is None else resolve_device(device)
     with progress_bar(progress) as bar:
         task = bar.add_task("topology layers+steps", total=len(layers) + len(steps), info="")
         res = sequence_curves(
             [aligned[n] for n in layers], list(states), grid_points, maxdim, beta1_points, seed, eps,
-            tick=lambda what: bar.update(task, advance=1, info=what), device=device or module_device(network),
+            tick=lambda what: bar.update(task, advance=1, info=what), device=dev,
         )  # fmt: skip
     block = {
         "eps": res["eps"],
