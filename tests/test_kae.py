@@ -571,7 +571,7 @@ def test_taylor_blocks_are_one_product():
     and the result is exp(A) whatever the squarings."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from koopmanlens.kae.model import _paterson_stockmeyer
+    from koopmanlens.kae.model import _block_coefficients, _paterson_stockmeyer
 
     a = 0.2 * torch.randn(6, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     powers = [torch.eye(6, dtype=torch.float64), a]
@@ -593,6 +593,11 @@ def test_taylor_blocks_are_one_product():
     with Count():
         _paterson_stockmeyer(powers, 2, 16)
     assert Count.n == 1 + 4  # the blocks' product and four fused Horner steps
+    # the coefficients: c_{4j+i} / 2^(s i), made once per (s, degree, dtype, device)
+    c = _block_coefficients(2, 16, torch.float64, torch.device("cpu"))
+    assert c is _block_coefficients(2, 16, torch.float64, torch.device("cpu"))
+    assert c.shape == (5, 4) and c[4].tolist() == [1 / math.factorial(16), 0.0, 0.0, 0.0]
+    assert c[1, 3] == 2.0**-6 / math.factorial(7)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

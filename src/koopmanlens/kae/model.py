@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -75,18 +76,25 @@ def _paterson_stockmeyer(powers: list[torch.Tensor], s: int, degree: int) -> tor
     coefficient matrix with the stacked powers, and each Horner step is one fused ``addmm``, which
     keeps the kernels per exponential few (a GPU step is bound by their launches; docs/results.md)."""
     n = powers[0].shape[-1]
-    scale = 2.0**-s
-    nb = degree // 4 + 1
-    rows = [[0.0] * 4 for _ in range(nb)]
-    for k in range(degree + 1):
-        rows[k // 4][k % 4] = scale ** (k % 4) / math.factorial(k)
     stacked = torch.stack(powers[:4]).reshape(4, n * n)
-    coeffs = torch.tensor(rows, dtype=stacked.dtype, device=stacked.device)
-    blocks = (coeffs @ stacked).reshape(nb, n, n).unbind(0)
+    coeffs = _block_coefficients(s, degree, stacked.dtype, stacked.device)
+    blocks = (coeffs @ stacked).reshape(-1, n, n).unbind(0)
     result = blocks[-1]
     for b in reversed(blocks[:-1]):
-        result = torch.addmm(b, powers[4], result, alpha=scale**4)
+        result = torch.addmm(b, powers[4], result, alpha=2.0 ** (-4 * s))
     return result
+
+
+@functools.lru_cache(maxsize=256)
+def _block_coefficients(s: int, degree: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Row j: the coefficients c_{4j+i} / 2^(s i), i < 4, of the block B_j of T(A / 2^s) (zero past
+    ``degree``). Cached per device, so a GPU step copies nothing from the host (a copy from pageable
+    memory would wait for the stream)."""
+    rows = [[0.0] * 4 for _ in range(degree // 4 + 1)]
+    for k in range(degree + 1):
+        rows[k // 4][k % 4] = 2.0 ** (-s * (k % 4)) / math.factorial(k)
+    with torch.inference_mode(False):  # a normal tensor even if first asked for under inference mode
+        return torch.tensor(rows, dtype=dtype, device=device)
 
 
 def _squarings(alpha: float, theta: float) -> int:
