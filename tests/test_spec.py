@@ -56,11 +56,9 @@ def test_builtin_specs_hold_the_presets_reproduce_used():
             kae_config("mnist", hidden=256, observables=160, epochs=50, weights=(1.0, 1.0, 10.0, 1e-3)),
             128,
         ),
-        # chosen on validation by benchmarks/choose_mnist_lean.py
+        # chosen on validation by benchmarks/choose_mnist_lean.py (round 3: the paper's subject recipe)
         "mnist-lean": (
-            subject_config(
-                "mnist", norm="none", schedule="onecycle", warmup_frac=0.3, epochs=10, batch_size=256
-            ),
+            subject_config("mnist"),
             kae_config("mnist", hidden=384, observables=240, epochs=50, weights=(1.0, 1.0, 10.0, 1e-3)),
             192,
         ),

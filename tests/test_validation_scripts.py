@@ -165,7 +165,7 @@ def test_defaults_are_the_ones_chosen_on_validation():
     assert method["chosen"] == editing.DEFAULT_METHOD
     subj = json.loads((results / "choose-yinyang-subject.json").read_text())
     assert subject_config("yinyang") == SubjectConfig.from_dict(subj["chosen_config"])
-    lean = json.loads((results / "choose-mnist-lean.json").read_text())
+    lean = json.loads((results / "choose-mnist-lean-round3.json").read_text())  # the last round
     spec = load_spec("mnist-lean")[0]
     kae = lean["kaes"][lean["chosen_kae"]]
     assert subject_spec_config(spec) == SubjectConfig.from_dict(
