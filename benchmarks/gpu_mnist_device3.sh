@@ -6,15 +6,9 @@
 # only if the smoke passed and time is left, (4) where a training step's time goes (profile).
 # Run from the repo root with $OUT set; .whl (the wheels of the packages the image lacks) and
 # .gpu/mnist carried.
-set -o pipefail
-export PYTHONUNBUFFERED=1
-T0=$(date +%s); left() { echo $(( ${DEADLINE:-585} - ($(date +%s) - T0) )); }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD/src:/tmp/site
-D=$PWD/.gpu/mnist
+source benchmarks/gpu_device_env.sh
 {
-  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c 'import sys, torch, koopmanlens, pydantic, ripser, plotly; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name(), koopmanlens.__file__)'
+  gpu_banner
   echo "== 1 paper preset, KAE seed 4 [$(left) s left]"
   timeout -s INT 240 python3 benchmarks/gpu_mnist.py --data-dir $D --out $OUT/gpu-mnist-paper-seed4.json \
     --device cuda --seeds 5 --first-seed 4 --budget 1000

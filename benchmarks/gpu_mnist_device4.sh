@@ -8,17 +8,11 @@
 #     --device cuda --seeds 1` for the per-stage times, if time is left.
 # Run from the repo root with $OUT set; .whl (the wheels of the packages the image lacks) and
 # .gpu/mnist carried: run(command="bash benchmarks/gpu_mnist_device4.sh", carry=[".whl", ".gpu/mnist"]).
-set -o pipefail
-export PYTHONUNBUFFERED=1
-T0=$(date +%s); left() { echo $(( ${DEADLINE:-585} - ($(date +%s) - T0) )); }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD/src:/tmp/site
-D=$PWD/.gpu/mnist
+source benchmarks/gpu_device_env.sh
 {
-  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c 'import sys, torch, koopmanlens; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())'
+  gpu_banner
   echo "== 1 CUDA-only tests [$(left) s left]"
-  timeout 120 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_topology.py tests/test_editing.py \
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -k "cuda or device" tests/test_topology.py tests/test_editing.py \
     tests/test_kae.py tests/test_capture_surrogate.py
   echo "rc=$? [$(left) s left]"
   echo "== 2 step profile [$(left) s left]"

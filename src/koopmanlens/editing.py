@@ -44,7 +44,7 @@ from koopmanlens.errors import IllConditionedWarning, InputError
 from koopmanlens.operators import MatrixOperator
 from koopmanlens.states import SpanStates, states_of
 from koopmanlens.surrogate import Surrogate
-from koopmanlens.training import module_device, resolve_device
+from koopmanlens.training import device_for
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -187,8 +187,7 @@ def unlearn_class(
     ``observables``: phi(x_i) of ``train`` (rows), if already computed (:func:`class_observables`);
     ``stats``: their :class:`KeyStats` (``KeyStats.of(observables.T)``), if already computed: the
     preserved keys' statistics are then the total minus the class's, so an edit costs O(p^2 B + p^3).
-    ``device``: where the keys, their statistics and the solves live (default: the network's device);
-    the edited operator comes back to the device of the surrogate's own.
+    ``device``: the keys, statistics and solve live there (default: the network's; W' comes back).
     ``Edit.seconds`` is the whole call; ``diagnostics["solve_seconds"]`` the closed-form solve alone.
     """
     present = _check_edit_args(
@@ -198,7 +197,7 @@ def unlearn_class(
     ridges = _edit_ridges(method, lambda_norm, lambda_emmet)
     start = time.perf_counter()
     home = surrogate.current_operator()
-    W = home.double().to(module_device(surrogate.network) if device is None else resolve_device(device))
+    W = home.double().to(device_for(surrogate.network, device))
     K_E, K_0, centroids = _keys(surrogate, train, forget, W, observables, stats)
     if into is None:
         into = nearest_class(centroids, forget, present)
@@ -207,9 +206,8 @@ def unlearn_class(
     W_new, diag = _run_method(
         method, surrogate, train, forget, W, K_E, centroids[into], K_0, params, lam, lambda_mom2, n_keys, tune
     )
-    W_new = W_new.to(home.device)
+    after = MatrixOperator(W_new.to(home.device), surrogate.kae.k)
     seconds = time.perf_counter() - start
-    after = MatrixOperator(W_new, surrogate.kae.k)
     return Edit(forget, into, method, params, surrogate.op, after, diagnostics=diag, seconds=seconds)
 
 

@@ -23,7 +23,7 @@ from koopmanlens.data import Dataset
 from koopmanlens.errors import InputError
 from koopmanlens.states import LayerAlignment
 from koopmanlens.surrogate import Surrogate
-from koopmanlens.training import module_device, progress_bar, resolve_device
+from koopmanlens.training import device_for, make_generator, progress_bar
 
 GRID_RULE = (
     "quantiles 0..1 of the MST edge lengths pooled over all layers and all decoded KAE steps "
@@ -178,6 +178,18 @@ def topology_alignment(
     return LayerAlignment.fit(network, layers, train, pre.q, max_fit_points, seed, reference=pre)
 
 
+def layer_clouds(
+    network: nn.Module, sub: Dataset, surrogate: Surrogate, alignment: LayerAlignment
+) -> dict[str, torch.Tensor]:
+    """Every layer's cloud on the samples ``sub``: aligned to the last layer (``alignment``), with
+    layers i and j exactly the KAE's input and target (the surrogate's own preprocessor)."""
+    aligned = alignment.transform(network, sub)
+    own = capture(network, sub.x, [surrogate.layer_i, surrogate.layer_j])
+    aligned[surrogate.layer_i] = surrogate.preprocessor.transform_i(own[surrogate.layer_i])
+    aligned[surrogate.layer_j] = surrogate.preprocessor.transform_j(own[surrogate.layer_j])
+    return aligned
+
+
 def topology_block(
     network: nn.Module,
     layers: Sequence[str],
@@ -209,23 +221,18 @@ def topology_block(
     """
     if eps is not None:
         check_given_eps(eps)
-    g = torch.Generator().manual_seed(seed)
-    sub = test.subset(torch.randperm(len(test), generator=g)[:max_points])
+    sub = test.subset(torch.randperm(len(test), generator=make_generator(seed))[:max_points])
     if alignment is None:
         alignment = topology_alignment(network, layers, train, surrogate, max_fit_points, seed)
-    aligned = alignment.transform(network, sub)
-    own = capture(network, sub.x, [surrogate.layer_i, surrogate.layer_j])
-    aligned[surrogate.layer_i] = surrogate.preprocessor.transform_i(own[surrogate.layer_i])
-    aligned[surrogate.layer_j] = surrogate.preprocessor.transform_j(own[surrogate.layer_j])
+    aligned = layer_clouds(network, sub, surrogate, alignment)
     k = surrogate.kae.k
     steps = sorted({round(v) for v in np.linspace(0, k, min(k, max_steps) + 1)})
     states = surrogate.trajectory(sub.x, steps=[float(s) for s in steps])
-    dev = module_device(network) if device is None else resolve_device(device)
     with progress_bar(progress) as bar:
         task = bar.add_task("topology layers+steps", total=len(layers) + len(steps), info="")
         res = sequence_curves(
             [aligned[n] for n in layers], list(states), grid_points, maxdim, beta1_points, seed, eps,
-            tick=lambda what: bar.update(task, advance=1, info=what), device=dev,
+            tick=lambda what: bar.update(task, advance=1, info=what), device=device_for(network, device),
         )  # fmt: skip
     block = {
         "eps": res["eps"],

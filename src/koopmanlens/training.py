@@ -103,6 +103,12 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
+def device_for(module: torch.nn.Module, device: str | torch.device | None) -> torch.device:
+    """``device`` (:func:`resolve_device`: a clear error for a missing GPU), or where ``module``
+    lives when it is ``None``."""
+    return module_device(module) if device is None else resolve_device(device)
+
+
 def optimizer_options(device: torch.device) -> dict:
     """Keyword arguments for a torch optimiser on ``device``: ``fused=True`` on CUDA, where one fused
     kernel replaces the several launches per step of the default (a GPU step is bound by launches,
